@@ -132,7 +132,8 @@ fn prepare(spec: &ProcessSpec) -> Result<Prepared, SpawnError> {
         envp: env.iter().map(|e| cstring(e, "environment")).collect::<Result<_, _>>()?,
         cwd: cstring(cwd, "working directory")?,
         identity,
-        capabilities: spec.capabilities,
+        // A process can never get more than init holds.
+        capabilities: spec.capabilities & current_permitted_capabilities(),
     })
 }
 
@@ -347,6 +348,17 @@ fn set_process_capabilities(keep: u64, uid: u32) -> Result<(), Errno> {
     ];
     // SAFETY: capset reads a version-3 header and two data structs, both alive for the call.
     Errno::result(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
+}
+
+/// init's own permitted set (on some hosts, a few capabilities are withheld even from root).
+fn current_permitted_capabilities() -> u64 {
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes a version-3 header and two data structs, both alive for the call.
+    match Errno::result(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) }) {
+        Ok(_) => u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32),
+        Err(_) => 0,
+    }
 }
 
 fn pidfd_open(pid: Pid) -> Result<OwnedFd, Errno> {
