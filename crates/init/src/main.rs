@@ -285,17 +285,35 @@ impl Init {
             && let Some(child) = self.children.get_mut(&pid)
         {
             child.conn = None;
-            if !child.detach && !child.hung_up {
-                // The client is gone: hang up the whole process group, then make sure.
-                child.hung_up = true;
-                let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGHUP);
-                let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGCONT);
-                self.kill_at.push((Instant::now() + HANGUP_GRACE, pid));
+            if !child.detach {
+                self.hang_up(pid);
             }
         }
     }
 
+    /// The client of an exec is gone: hang up its whole process group, then make sure.
+    fn hang_up(&mut self, pid: Pid) {
+        let Some(child) = self.children.get_mut(&pid) else { return };
+        if child.hung_up {
+            return;
+        }
+        child.hung_up = true;
+        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGHUP);
+        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGCONT);
+        self.kill_at.push((Instant::now() + HANGUP_GRACE, pid));
+    }
+
     fn handle_request(&mut self, id: u64, request: Request, fds: Vec<OwnedFd>) {
+        if let Request::Hangup = request {
+            match self.conns.get(&id).map(|c| &c.role) {
+                Some(Role::Exec(pid)) => {
+                    let pid = *pid;
+                    self.hang_up(pid);
+                }
+                _ => self.reply(id, &Reply::Error { message: "hangup needs a running exec".into() }, &[]),
+            }
+            return;
+        }
         let idle = self.conns.get(&id).is_some_and(|c| matches!(c.role, Role::Idle));
         if !idle {
             self.reply(id, &Reply::Error { message: "one request per connection".into() }, &[]);
@@ -306,6 +324,7 @@ impl Init {
             Request::Exec { spec, fds: roles } => self.exec(id, spec, roles, fds),
             Request::StartMain { spec } => self.start_main(id, spec),
             Request::AttachMain => self.attach_main(id),
+            Request::Hangup => {}
             Request::CloseMainStdin => {
                 if let Some(main) = &mut self.main {
                     main.stdin = None;

@@ -6,8 +6,9 @@
 //! (`fds`), so neither side ever has to guess what a descriptor is.
 //!
 //! One connection per request: the node connects, sends one [`Request`], and reads [`Reply`]s
-//! until `Exited`. Closing the connection of a non-detached exec tells init the client is gone;
-//! init then hangs up the process group (SIGHUP, then SIGKILL after a grace period).
+//! until `Exited`. A `Hangup` on a running exec's connection, or closing that connection (the node
+//! died), tells init the client is gone; init then hangs up the process group (SIGHUP, then
+//! SIGKILL after a grace period) unless the exec is detached.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -80,6 +81,9 @@ pub enum Request {
     AttachMain,
     /// Close init's copy of the main process's stdin pipe, delivering EOF.
     CloseMainStdin,
+    /// Sent on the connection of a running exec whose client went away: hang up its process
+    /// group (SIGHUP, then SIGKILL after a grace period) and still report `Exited`.
+    Hangup,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

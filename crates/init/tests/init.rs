@@ -237,3 +237,15 @@ fn main_process_exit_ends_init_with_its_code() -> TestResult {
     assert_eq!(status.code(), Some(7));
     Ok(())
 }
+
+#[test]
+fn hangup_request_kills_the_group_and_still_reports_exit() -> TestResult {
+    let init = Init::start()?;
+    let conn = init.connect()?;
+    proto::send(conn.as_fd(), &Request::Exec { spec: spec(&["sleep", "100"]), fds: vec![] }, &[])?;
+    let Reply::Started { .. } = recv(&conn)?.0 else { return Err("not started".into()) };
+    proto::send(conn.as_fd(), &Request::Hangup, &[])?;
+    // sleep dies of SIGHUP: 128 + 1.
+    assert_eq!(recv(&conn)?.0, Reply::Exited { code: 129 });
+    Ok(())
+}
