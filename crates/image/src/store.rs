@@ -43,15 +43,10 @@ pub struct Image {
     pub created: i64,
     /// Bytes of file content over all layers (what Docker reports as `Size`).
     pub size: u64,
-    pub architecture: String,
-    pub os: String,
-    pub author: Option<String>,
-    pub comment: Option<String>,
-    /// How to run it: `Env`, `Cmd`, `Entrypoint`, `WorkingDir`, `User`, `Labels`, ...
-    pub config: RunConfig,
-    /// `sha256:<hex>` of each uncompressed layer, bottom first.
-    pub diff_ids: Vec<String>,
-    pub history: Vec<History>,
+    /// The parsed image config: `config.config` holds `Env`, `Cmd`, `Entrypoint`,
+    /// `WorkingDir`, `User`, `Labels`, `ExposedPorts`; also `architecture`, `os`,
+    /// `rootfs.diff_ids`, `history`.
+    pub config: ImageConfig,
     /// The flattened root filesystem: the overlayfs lower directory. Read-only by contract.
     pub rootfs: PathBuf,
 }
@@ -68,9 +63,19 @@ impl Image {
         &hex[..hex.len().min(12)]
     }
 
-    /// `created` as RFC 3339, for `docker image inspect`.
+    /// `created` as RFC 3339, for `docker image inspect` (the config's own text when present).
     pub fn created_rfc3339(&self) -> String {
-        format_rfc3339(self.created, 0)
+        self.config.created.clone().unwrap_or_else(|| format_rfc3339(self.created, 0))
+    }
+
+    /// How to run it (`Env`, `Cmd`, `Entrypoint`, `WorkingDir`, `User`, ...).
+    pub fn run_config(&self) -> &RunConfig {
+        &self.config.config
+    }
+
+    /// `sha256:<hex>` of each uncompressed layer, bottom first.
+    pub fn diff_ids(&self) -> &[String] {
+        &self.config.rootfs.diff_ids
     }
 }
 
@@ -425,13 +430,7 @@ impl ImageStore {
             repo_tags,
             created: config.created_unix(),
             size: record.size,
-            architecture: config.architecture.clone(),
-            os: config.os.clone(),
-            author: config.author.clone(),
-            comment: config.comment.clone(),
-            config: config.config.clone(),
-            diff_ids: config.rootfs.diff_ids.clone(),
-            history: config.history.clone(),
+            config: config.clone(),
             rootfs: self.rootfs_path(hex),
         })
     }

@@ -191,14 +191,21 @@ fn parse_pax_time(text: &str) -> Option<Timespec> {
     Some(Timespec { tv_sec: seconds, tv_nsec: nanos_text.parse().ok()? })
 }
 
+/// An all-NUL or all-space numeric field means 0 (Go's archive/tar reads it so).
+fn numeric(raw: &[u8], parsed: io::Result<u64>, what: &str, name: &str) -> Result<u64, UnpackError> {
+    if raw.iter().all(|b| *b == 0 || *b == b' ') {
+        return Ok(0);
+    }
+    parsed.map_err(|e| invalid_entry(name, format!("bad {what} field: {e}")))
+}
+
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta, UnpackError> {
     let header = entry.header();
-    let field =
-        |what: &str, value: io::Result<u64>| value.map_err(|e| invalid_entry(name, format!("bad {what} field: {e}")));
-    let mode = header.mode().map_err(|e| invalid_entry(name, format!("bad mode field: {e}")))? & 0o7777;
-    let uid = field("uid", header.uid())?;
-    let gid = field("gid", header.gid())?;
-    let mtime = field("mtime", header.mtime())?;
+    let old = header.as_old();
+    let mode = numeric(&old.mode, header.mode().map(u64::from), "mode", name)? as u32 & 0o7777;
+    let uid = numeric(&old.uid, header.uid(), "uid", name)?;
+    let gid = numeric(&old.gid, header.gid(), "gid", name)?;
+    let mtime = numeric(&old.mtime, header.mtime(), "mtime", name)?;
     let uid = u32::try_from(uid).map_err(|_| invalid_entry(name, "uid does not fit 32 bits"))?;
     let gid = u32::try_from(gid).map_err(|_| invalid_entry(name, "gid does not fit 32 bits"))?;
     let mut meta = Meta {
