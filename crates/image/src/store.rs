@@ -911,3 +911,36 @@ impl ImageStore {
         Ok(SaveImage { config, layers, tags })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(hexes: &[&str]) -> State {
+        let mut index = IndexFile::default();
+        for hex in hexes {
+            index.images.insert((*hex).to_owned(), ImageRecord { size: 0, added: 0 });
+        }
+        index.tags.insert("abcd:latest".to_owned(), hexes[0].to_owned());
+        State { index, configs: HashMap::new() }
+    }
+
+    #[test]
+    fn id_prefixes_must_be_unique_and_long_enough() {
+        let a = format!("abcd1{}", "0".repeat(59));
+        let b = format!("abcd2{}", "0".repeat(59));
+        let c = format!("ffff0{}", "0".repeat(59));
+        let state = state_with(&[&c, &a, &b]);
+        let find = |r: &str| ImageStore::lookup(&state, r).map(|(hex, _)| hex);
+        assert!(matches!(find("abcd1"), Ok(hex) if hex == a));
+        assert!(matches!(find(&format!("sha256:{b}")), Ok(hex) if hex == b));
+        assert!(matches!(find("abc"), Err(Error::NotFound(_))));
+        assert!(matches!(find("sha256:abcd"), Err(Error::Ambiguous(_))));
+        // A tag named like the prefix wins over the ambiguity.
+        assert!(matches!(find("abcd"), Ok(hex) if hex == c));
+        assert!(matches!(find("ffff"), Ok(hex) if hex == c));
+        assert!(matches!(find("ABCD1"), Err(Error::NotFound(_))));
+        let err = find("sha256:abcd").err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("ambiguous image reference \"sha256:abcd\": it matches more than one image"));
+    }
+}

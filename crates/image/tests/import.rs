@@ -76,7 +76,7 @@ fn busybox_rootfs_round_trip() {
 
     // The image resolves, lists and survives a reopen.
     assert_eq!(fixture.store.resolve("bb").unwrap(), image);
-    assert_eq!(fixture.store.list(), [image.clone()]);
+    assert_eq!(fixture.store.list(), std::slice::from_ref(&image));
     let root_dir = fixture.store_root();
     drop(fixture.store);
     let reopened = hatch_image::ImageStore::open(&root_dir).unwrap();
