@@ -160,5 +160,58 @@ fn docker_save_and_load_interoperate() {
     docker.run(&["load"], Some(&resaved));
     assert_eq!(docker.image_id(&from_docker), docker_id);
 
+    docker_build_whiteouts(&docker, &fixture, &from_docker, suffix);
     docker.remove(&[&from_docker, &from_hatch]);
+}
+
+/// Layers Docker itself wrote with whiteouts (`.wh.a`, `.wh..wh..opq`) flatten correctly,
+/// and the three-layer image goes back into Docker with its id.
+fn docker_build_whiteouts(docker: &Docker, fixture: &Fixture, base: &str, suffix: u32) {
+    if !Path::new("/bin/busybox").exists() {
+        eprintln!("not checking docker build whiteouts: /bin/busybox is absent");
+        return;
+    }
+    let built = format!("hatch-image-test/built:{suffix}");
+    let dockerfile = format!(
+        "FROM {base}\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox mkdir -p /data/sub && echo x > /data/sub/x\"]\n\
+         RUN [\"/bin/busybox\", \"rm\", \"/etc/hello\"]\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox rm -rf /data && /bin/busybox mkdir /data && echo y > /data/y\"]\n"
+    );
+    let output = Command::new("docker")
+        .args(["build", "-q", "-t", &built, "-"])
+        .env("DOCKER_HOST", &docker.host)
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(dockerfile.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    if !output.status.success() {
+        eprintln!(
+            "not checking docker build whiteouts (the daemon cannot build here): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        return;
+    }
+    let built_id = docker.image_id(&built);
+    let saved = docker.run(&["save", &built], None);
+    let loaded = fixture.store.load(saved.as_slice()).unwrap();
+    let image = &loaded[0].image;
+    assert_eq!(image.id, built_id);
+    assert_eq!(image.diff_ids().len(), 4);
+    assert!(!image.rootfs.join("etc/hello").exists(), ".wh.hello applied");
+    assert!(!image.rootfs.join("data/sub").exists(), "opaque /data applied");
+    assert_eq!(std::fs::read(image.rootfs.join("data/y")).unwrap(), b"y\n");
+    assert!(image.rootfs.join("bin/busybox").exists());
+
+    docker.remove(&[&built]);
+    let resaved = fixture.store.save(&[&built], Vec::new()).unwrap();
+    docker.run(&["load"], Some(&resaved));
+    assert_eq!(docker.image_id(&built), built_id);
+    docker.remove(&[&built]);
 }
