@@ -24,11 +24,14 @@
 //! * Values are percent-decoded with `+` as space, like Go's `QueryUnescape`;
 //!   a malformed escape, invalid UTF-8 or a NUL byte (which `execve` cannot
 //!   carry) is an error.
+//! * **`tty=true` forces `stderr` off**, as the kubelet does: a terminal
+//!   merges stderr into stdout, and kubectl never opens a stderr stream with
+//!   a TTY. Session code can trust `stderr` as parsed.
 //! * At least one `command` is required, and at least one of
-//!   `stdin`/`stdout`/`stderr` unless `detach` is set.
-//! * **`tty=true` forces `stderr` off** after that check, as the kubelet
-//!   does: a terminal merges stderr into stdout, and kubectl never opens a
-//!   stderr stream with a TTY. Session code can trust `stderr` as parsed.
+//!   `stdin`/`stdout`/`stderr` unless `detach` is set. The stream check is
+//!   made *after* the TTY rule, so `stderr=true&tty=true` alone, which
+//!   would attach nothing, is rejected (the API server would let it through
+//!   to a session with no output; no real client sends it).
 //! * Empty `container`, `user` and `workdir` values mean "not set".
 
 use std::fmt::Write as _;
@@ -164,7 +167,9 @@ impl ExecOptions {
         if self.command.is_empty() {
             return Err(ExecOptionsError::NoCommand);
         }
-        if !(self.stdin || self.stdout || self.stderr || self.detach) {
+        // A TTY drops stderr, so it cannot be the only stream.
+        let stderr = self.stderr && !self.tty;
+        if !(self.stdin || self.stdout || stderr || self.detach) {
             return Err(ExecOptionsError::NoStreams);
         }
         let has_nul = |s: &str| s.contains('\0');
@@ -396,8 +401,11 @@ mod tests {
 
     #[test]
     fn tty_forces_stderr_off() -> R {
-        let o = ExecOptions::from_query("command=x&stderr=1&tty=1")?;
-        assert!(o.tty && !o.stderr);
+        let o = ExecOptions::from_query("command=x&stderr=1&stdout=1&tty=1")?;
+        assert!(o.tty && o.stdout && !o.stderr);
+        // Found by fuzzing: stderr alone with a TTY attaches nothing, and
+        // would not survive a parse/encode round trip.
+        assert_eq!(ExecOptions::from_query("command=x&stderr=1&tty=1"), Err(ExecOptionsError::NoStreams));
         Ok(())
     }
 

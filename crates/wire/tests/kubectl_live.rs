@@ -1,9 +1,11 @@
 //! End-to-end check of the SPDY codec against real kubectl binaries.
 //!
-//! A tiny blocking fake API server (std only) answers discovery and the pod
-//! GET, refuses the WebSocket upgrade with a 400 Status (so kubectl ≥ 1.30
-//! falls back to SPDY), and serves the exec over SPDY with this crate's
-//! codecs. Skipped when the versioned kubectl binaries are not installed.
+//! A tiny blocking fake API server answers discovery and the pod GET, and
+//! serves the exec with this crate's codecs: over SPDY (refusing the
+//! WebSocket upgrade with a 400 Status, so kubectl ≥ 1.30 falls back), or
+//! over WebSocket v5 (tungstenite does the framing). The fake "runs" `cat`
+//! that exits 3, or `ls` that prints `hello`. Skipped when the versioned
+//! kubectl binaries are not installed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,8 +14,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hatch_wire::exec_options::ExecOptions;
+use hatch_wire::k8s_ws::{self, ClientMessage, OutgoingMessage, Subprotocol, channel};
 use hatch_wire::spdy::{self, Codec, Frame, GoAwayStatus, Headers, Role, StreamProtocol, StreamType};
-use hatch_wire::status::Status;
+use hatch_wire::status::{ExecOutcome, Status};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -82,14 +88,20 @@ const API: &str = r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByCli
 const APIS: &str = r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#;
 const V1: &str = r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[{"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"]}]}"#;
 
-fn serve_connection(stream: TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+#[derive(Clone, Copy)]
+enum Transport {
+    Spdy,
+    WebSocket,
+}
+
+fn serve_connection(stream: TcpStream, transport: Transport) -> Result<(), Box<dyn std::error::Error>> {
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut stream = stream;
     while let Some(req) = read_request(&mut reader)? {
         let upgrade = req.header_values("upgrade").join(",").to_ascii_lowercase();
         match (req.method.as_str(), req.path.as_str()) {
-            (_, p) if p.ends_with("/exec") && upgrade.contains("spdy/3.1") => {
+            (_, p) if p.ends_with("/exec") && upgrade.contains("spdy/3.1") && matches!(transport, Transport::Spdy) => {
                 let offered = req.header_values(spdy::HEADER_PROTOCOL_VERSION);
                 let Some(proto) = StreamProtocol::negotiate(&offered, &StreamProtocol::KUBELET_SUPPORTED) else {
                     return respond(&mut stream, 403, b"{}").map_err(Into::into);
@@ -104,6 +116,30 @@ fn serve_connection(stream: TcpStream) -> Result<(), Box<dyn std::error::Error>>
                 // Anything the BufReader already holds belongs to SPDY.
                 let buffered = reader.buffer().to_vec();
                 return spdy_session(stream, buffered, proto, &opts);
+            }
+            (_, p)
+                if p.ends_with("/exec")
+                    && upgrade.contains("websocket")
+                    && matches!(transport, Transport::WebSocket) =>
+            {
+                let offered = req.header_values("sec-websocket-protocol");
+                let Some(proto) = k8s_ws::negotiate(&offered) else {
+                    return respond(&mut stream, 400, b"{}").map_err(Into::into);
+                };
+                let key = req.header_values("sec-websocket-key").first().copied().unwrap_or_default().to_owned();
+                let opts = ExecOptions::from_query(&req.query)?;
+                write!(
+                    stream,
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+                    tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                    proto.name()
+                )?;
+                let ws = WebSocket::from_raw_socket(
+                    stream,
+                    tungstenite::protocol::Role::Server,
+                    Some(WebSocketConfig::default()),
+                );
+                return ws_session(ws, proto, &opts);
             }
             (_, p) if p.ends_with("/exec") => {
                 // WebSocket attempt: refuse so kubectl falls back to SPDY.
@@ -170,6 +206,53 @@ fn spdy_session(
     }
 }
 
+fn to_ws(m: OutgoingMessage) -> Message {
+    match m {
+        OutgoingMessage::Binary(b) => Message::binary(b),
+        OutgoingMessage::Text(t) => Message::text(t),
+    }
+}
+
+fn ws_session(
+    mut ws: WebSocket<TcpStream>,
+    proto: Subprotocol,
+    opts: &ExecOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let send = |ws: &mut WebSocket<TcpStream>, ch: u8, data: &[u8]| -> Result<(), Box<dyn std::error::Error>> {
+        ws.send(to_ws(k8s_ws::encode_data(proto, ch, data)?))?;
+        Ok(())
+    };
+    // The Go server's "ready" message.
+    send(&mut ws, channel::STDOUT, b"")?;
+    let finish = |ws: &mut WebSocket<TcpStream>, out: &[u8], code: i32| -> Result<(), Box<dyn std::error::Error>> {
+        send(ws, channel::STDOUT, out)?;
+        let status = Status::from_exit_code(code, &format!("exit status {code}"));
+        if let Some(payload) = status.error_channel_payload(proto.status_is_json()) {
+            send(ws, channel::ERROR, &payload)?;
+        }
+        ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))?;
+        Ok(())
+    };
+    if !opts.stdin {
+        finish(&mut ws, b"hello\n", 0)?;
+    }
+    let mut stdin = Vec::new();
+    loop {
+        let data = match ws.read() {
+            Ok(Message::Binary(b)) => b.to_vec(),
+            Ok(Message::Text(t)) => t.as_bytes().to_vec(),
+            Ok(_) => continue,
+            // Close handshake done or peer gone.
+            Err(_) => return Ok(()),
+        };
+        match k8s_ws::decode_client_message(proto, &data)? {
+            Some(ClientMessage::Data { channel: channel::STDIN, payload }) => stdin.extend_from_slice(&payload),
+            Some(ClientMessage::Close { channel: channel::STDIN }) => finish(&mut ws, &stdin, 3)?,
+            _ => {}
+        }
+    }
+}
+
 fn finish(ids: &[(StreamType, u32)], stdout: &[u8], code: i32, out: &mut Vec<u8>) -> Result<(), spdy::SpdyError> {
     let mut last = 0;
     for (t, id) in ids {
@@ -188,13 +271,13 @@ fn finish(ids: &[(StreamType, u32)], stdout: &[u8], code: i32, out: &mut Vec<u8>
     spdy::encode_goaway(last, GoAwayStatus::OK, out)
 }
 
-fn start_fake() -> std::io::Result<u16> {
+fn start_fake(transport: Transport) -> std::io::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                if let Err(e) = serve_connection(conn) {
+                if let Err(e) = serve_connection(conn, transport) {
                     eprintln!("fake server: {e}");
                 }
             });
@@ -205,10 +288,12 @@ fn start_fake() -> std::io::Result<u16> {
 
 fn run_kubectl(
     binary: &Path,
+    transport: Transport,
+    env: &[(&str, &str)],
     args: &[&str],
     stdin: &[u8],
 ) -> Result<(i32, String, String), Box<dyn std::error::Error>> {
-    let port = start_fake()?;
+    let port = start_fake(transport)?;
     let home = std::env::temp_dir().join(format!("hatch-wire-kubectl-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&home)?;
     let kubeconfig = home.join("config");
@@ -223,6 +308,7 @@ fn run_kubectl(
         .env("HOME", &home)
         .env("KUBECONFIG", &kubeconfig)
         .env("KUBECACHEDIR", home.join("cache"))
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -245,7 +331,7 @@ fn kubectl_spdy_stdin_eof_and_exit_code_every_version() -> TestResult {
     // and fall back to SPDY.
     for minor in 27..=33 {
         let Some(bin) = kubectl(&format!("1.{minor}")) else { continue };
-        let (code, out, err) = run_kubectl(&bin, &["exec", "-i", "foo", "--", "cat"], b"abc\n")?;
+        let (code, out, err) = run_kubectl(&bin, Transport::Spdy, &[], &["exec", "-i", "foo", "--", "cat"], b"abc\n")?;
         assert_eq!(out, "abc\n", "1.{minor} stderr: {err}");
         assert_eq!(code, 3, "1.{minor} stderr: {err}");
         assert!(err.contains("command terminated with exit code 3"), "1.{minor} stderr: {err}");
@@ -256,7 +342,27 @@ fn kubectl_spdy_stdin_eof_and_exit_code_every_version() -> TestResult {
 #[test]
 fn kubectl_1_33_falls_back_to_spdy_and_succeeds() -> TestResult {
     let Some(bin) = kubectl("1.33") else { return Ok(()) };
-    let (code, out, err) = run_kubectl(&bin, &["exec", "foo", "--", "ls", "-l", "/"], b"")?;
+    let (code, out, err) = run_kubectl(&bin, Transport::Spdy, &[], &["exec", "foo", "--", "ls", "-l", "/"], b"")?;
     assert_eq!((code, out.as_str()), (0, "hello\n"), "stderr: {err}");
+    Ok(())
+}
+
+#[test]
+fn kubectl_websocket_v5_close_and_exit_code() -> TestResult {
+    // 1.29 needs the opt-in; 1.30+ use WebSocket by default.
+    for minor in 29..=33 {
+        let Some(bin) = kubectl(&format!("1.{minor}")) else { continue };
+        let env = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true")];
+        let (code, out, err) =
+            run_kubectl(&bin, Transport::WebSocket, &env, &["exec", "-i", "foo", "--", "cat"], b"abc\n")?;
+        assert_eq!(out, "abc\n", "1.{minor} stderr: {err}");
+        assert_eq!(code, 3, "1.{minor} stderr: {err}");
+        assert!(err.contains("command terminated with exit code 3"), "1.{minor} stderr: {err}");
+        let (code, out, err) = run_kubectl(&bin, Transport::WebSocket, &env, &["exec", "foo", "--", "ls"], b"")?;
+        assert_eq!((code, out.as_str()), (0, "hello\n"), "1.{minor} stderr: {err}");
+    }
+    // What kubectl did is what our client-side parser says it should do.
+    let exit3 = Status::from_exit_code(3, "x").to_json();
+    assert_eq!(ExecOutcome::from_error_stream(&exit3, true).exit_code(), 3);
     Ok(())
 }
