@@ -116,7 +116,7 @@ impl Subprotocol {
 
     /// True when the error channel carries a JSON `metav1.Status` (always sent,
     /// including on success); false when it carries a plain-text message sent
-    /// only on failure. Pass this to [`crate::status::error_channel_payload`].
+    /// only on failure. Pass this to [`Status::error_channel_payload`](crate::status::Status::error_channel_payload).
     pub const fn status_is_json(self) -> bool {
         matches!(self, Subprotocol::V5 | Subprotocol::V4 | Subprotocol::V4Base64)
     }
@@ -293,6 +293,10 @@ fn split_data(protocol: Subprotocol, first: u8, rest: &[u8]) -> Result<(u8, Cow<
 /// An empty payload is valid (it is the Go server's "ready" message). Fails
 /// only for channels the protocol cannot carry: [`channel::CLOSE`] (use
 /// [`encode_close`]) and, on the base64 protocols, anything above 9.
+///
+/// On the binary protocols a message is nothing but `[channel] ++ payload`,
+/// so a hot path may skip this copy: read process output into `buf[1..]`
+/// of a buffer whose `buf[0]` is the channel, and send `buf` as is.
 pub fn encode_data(protocol: Subprotocol, channel: u8, payload: &[u8]) -> Result<OutgoingMessage, WsError> {
     let unencodable = WsError::UnencodableChannel { channel, protocol };
     if channel == channel::CLOSE {

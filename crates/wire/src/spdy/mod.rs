@@ -13,7 +13,7 @@
 //!
 //! What a server must do with them (protocols.md §2): reply SYN_REPLY to every
 //! SYN_STREAM at once; wait for the expected streams
-//! ([`expected_streams`]); treat DATA+FIN on stdin as EOF; never block on
+//! ([`expected_streams_for`]); treat DATA+FIN on stdin as EOF; never block on
 //! flow control (spdystream sends no WINDOW_UPDATE); ignore SETTINGS,
 //! WINDOW_UPDATE and [`Frame::Unknown`]; echo the client's odd PINGs only.
 //!
@@ -265,6 +265,11 @@ pub fn expected_streams(
         v.push(StreamType::Resize);
     }
     v
+}
+
+/// [`expected_streams`] for a parsed exec request.
+pub fn expected_streams_for(protocol: StreamProtocol, opts: &crate::exec_options::ExecOptions) -> Vec<StreamType> {
+    expected_streams(protocol, opts.stdin, opts.stdout, opts.stderr, opts.tty)
 }
 
 /// Which end of the connection we are. SPDY splits ids by parity: the client

@@ -290,6 +290,8 @@ fn expected_stream_sets() {
     for t in [Error, Stdin, Stdout, Stderr, Resize] {
         assert_eq!(StreamType::parse(t.as_str()), Some(t));
     }
+    let opts = crate::exec_options::ExecOptions::from_query("command=sh&stdin=1&stdout=1&stderr=1&tty=1");
+    assert_eq!(opts.map(|o| expected_streams_for(StreamProtocol::V4, &o)), Ok(vec![Error, Stdin, Stdout, Resize]));
 }
 
 #[test]
