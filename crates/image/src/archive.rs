@@ -168,6 +168,7 @@ impl Spool {
         let mut nodes = HashMap::new();
         let mut total_bytes = 0u64;
         let mut entries = 0u64;
+        let mut spooled = 0u64;
         let read_error = |e: io::Error| archive_error(format!("reading tar stream: {e}"));
         for entry in archive.entries().map_err(read_error)? {
             let mut entry = entry.map_err(read_error)?;
@@ -190,7 +191,8 @@ impl Spool {
                         limits.max_archive_bytes
                     )));
                 }
-                let path = dir.join(nodes.len().to_string());
+                spooled += 1;
+                let path = dir.join(spooled.to_string());
                 let file = OpenOptions::new()
                     .write(true)
                     .create_new(true)

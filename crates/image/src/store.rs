@@ -31,6 +31,8 @@ const LOCK_FILE: &str = "lock";
 const MIN_ID_PREFIX: usize = 4;
 /// Bytes tolerated after a layer's end-of-archive marker (GNU tar pads to 10 KiB records).
 const MAX_TRAILING_BYTES: u64 = 16 << 20;
+/// Buffer for writing layer tarballs (fewer, larger writes).
+const COPY_BUFFER: usize = 1 << 20;
 
 /// An image as `docker images` / `docker image inspect` show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +164,9 @@ impl Staging {
     fn mkdir(&self, name: &str) -> Result<PathBuf, Error> {
         let path = self.path(name);
         fs::DirBuilder::new().mode(0o755).create(&path).context(|| format!("creating {}", path.display()))?;
+        // Explicitly, whatever the umask: this may become an image's `/`.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .context(|| format!("setting the mode of {}", path.display()))?;
         Ok(path)
     }
 }
@@ -212,7 +217,7 @@ fn extract_layer(
     budget: &mut Budget,
 ) -> Result<(String, u64, LayerStats), Error> {
     let stream = decompressed(reader, what)?;
-    let copy = copy_to.map(create_new_file).transpose()?.map(BufWriter::new);
+    let copy = copy_to.map(create_new_file).transpose()?.map(|file| BufWriter::with_capacity(COPY_BUFFER, file));
     let mut tee = TeeReader::new(stream, copy);
     let stats = unpack_layer(&mut tee, rootfs, budget)?;
     tee.drain(MAX_TRAILING_BYTES).map_err(|e| Error::InvalidArchive(format!("{what}: {e}")))?;
@@ -633,7 +638,7 @@ impl ImageStore {
         let staging = self.staging("import")?;
         let rootfs = staging.mkdir("rootfs")?;
         let layer = staging.path("layer.tar");
-        let writer = pack_dir(dir, BufWriter::new(create_new_file(&layer)?), self.limits)?;
+        let writer = pack_dir(dir, BufWriter::with_capacity(COPY_BUFFER, create_new_file(&layer)?), self.limits)?;
         writer.into_inner().map_err(|e| Error::io(format!("writing {}", layer.display()), e.into_error()))?;
         let file = File::open(&layer).context(|| format!("opening {}", layer.display()))?;
         let mut budget = Budget::new(self.limits);

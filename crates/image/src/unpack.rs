@@ -403,7 +403,10 @@ impl Unpacker<'_> {
             let parent = top(&self.stack, &self.root);
             let opened = match open_child_dir(parent, name) {
                 Err(Errno::NOENT) if create => {
+                    // Parents the archive does not list get 0755 whatever the umask, as in Docker.
                     rfs::mkdirat(parent, name.as_slice(), Mode::from_raw_mode(0o755)).map_err(errno_error(entry))?;
+                    rfs::chmodat(parent, name.as_slice(), Mode::from_raw_mode(0o755), AtFlags::empty())
+                        .map_err(errno_error(entry))?;
                     self.written.insert(join(&dirs[..=depth]));
                     open_child_dir(parent, name)
                 }

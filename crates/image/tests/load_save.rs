@@ -307,3 +307,26 @@ fn save_by_id_is_untagged_and_by_name_takes_all_tags() {
     let err = fixture.store.save(&["missing"], Vec::new()).unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err}");
 }
+
+#[test]
+fn duplicate_entries_in_the_archive_last_one_wins() {
+    let fixture = Fixture::new();
+    let layer = lower_layer();
+    let config = image_config(&[&layer], &["sh"]);
+    let config_hex = sha256_hex(&config);
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_hex}.json"),
+        "RepoTags": ["dup:latest"],
+        "Layers": ["l/layer.tar"],
+    }]);
+    let archive = Tarball::new()
+        .file("l/layer.tar", b"garbage that is replaced below", 0o644)
+        .file("l/layer.tar", &layer, 0o644)
+        .file("manifest.json", b"[]", 0o644)
+        .file(&format!("{config_hex}.json"), &config, 0o644)
+        .file("manifest.json", &serde_json::to_vec(&manifest).unwrap(), 0o644)
+        .finish();
+    let loaded = fixture.store.load(archive.as_slice()).unwrap();
+    assert_eq!(loaded[0].tags, ["dup:latest"]);
+    assert_eq!(fs::read(loaded[0].image.rootfs.join("keep")).unwrap(), b"keep");
+}
