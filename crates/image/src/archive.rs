@@ -316,12 +316,26 @@ impl Spool {
 
     fn plan_oci(&self) -> Result<Vec<PlannedImage>, Error> {
         let index: OciIndex = self.read_json("index.json")?;
+        // A layout holding several platforms' images side by side: load this host's.
+        let host_only = index.manifests.iter().any(|m| self.usable_here(m));
         let mut planned = Vec::new();
         for descriptor in &index.manifests {
+            if host_only && !self.usable_here(descriptor) {
+                debug!(digest = %descriptor.digest, "skipping an image for another platform");
+                continue;
+            }
             let tags = tag_from_annotations(&descriptor.annotations)?;
             self.collect_manifests(descriptor, &tags, 0, &mut planned)?;
         }
         Ok(planned)
+    }
+
+    /// A descriptor for this platform (or for none), not an attestation, whose blob is here.
+    fn usable_here(&self, descriptor: &Descriptor) -> bool {
+        let attestation = descriptor.annotations.contains_key(ANNOTATION_REFERENCE_TYPE);
+        let platform_ok =
+            descriptor.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == host_architecture());
+        !attestation && platform_ok && blob_key(&descriptor.digest).is_ok_and(|key| self.contains(&key))
     }
 
     fn collect_manifests(
@@ -339,11 +353,7 @@ impl Spool {
         if media_type == MEDIA_OCI_INDEX || media_type == MEDIA_DOCKER_LIST {
             let index: OciIndex = self.read_json(&key)?;
             let host = host_architecture();
-            let chosen = index.manifests.iter().find(|m| {
-                let attestation = m.annotations.contains_key(ANNOTATION_REFERENCE_TYPE);
-                let platform_ok = m.platform.as_ref().is_none_or(|p| p.os == "linux" && p.architecture == host);
-                !attestation && platform_ok && self.contains(&blob_key(&m.digest).unwrap_or_default())
-            });
+            let chosen = index.manifests.iter().find(|m| self.usable_here(m));
             return match chosen {
                 Some(manifest) => self.collect_manifests(manifest, tags, depth + 1, planned),
                 None => Err(archive_error(format!(

@@ -106,6 +106,11 @@ fn legacy_archive_with_symlinked_duplicate_layer() {
 
 /// A Docker 25+ archive: blobs, index.json, manifest.json, oci-layout; layers gzip here.
 fn oci_archive(with_manifest_json: bool) -> (Vec<u8>, Vec<u8>) {
+    oci_archive_with(with_manifest_json, false)
+}
+
+/// With `foreign_too`, index.json also lists an image for another platform (blobs present).
+fn oci_archive_with(with_manifest_json: bool, foreign_too: bool) -> (Vec<u8>, Vec<u8>) {
     let (lower, upper) = (lower_layer(), upper_layer());
     let config = image_config(&[&lower, &upper], &["/bin/sh"]);
     let blobs: Vec<Vec<u8>> = vec![gzip(&lower), upper.clone()];
@@ -128,20 +133,46 @@ fn oci_archive(with_manifest_json: bool) -> (Vec<u8>, Vec<u8>) {
         "layers": layer_descriptors,
     }))
     .unwrap();
+    let foreign_layer = Tarball::new().file("foreign", b"pdp11", 0o644).finish();
+    let foreign_config = image_config(&[&foreign_layer], &["sh"]);
+    let foreign_manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{}", sha256_hex(&foreign_config)), "size": foreign_config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{}", sha256_hex(&foreign_layer)), "size": foreign_layer.len()}],
+    }))
+    .unwrap();
+    let mut descriptors = vec![serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": format!("sha256:{}", sha256_hex(&manifest)),
+        "size": manifest.len(),
+        "annotations": {"io.containerd.image.name": "docker.io/library/ocibb:2",
+                        "org.opencontainers.image.ref.name": "2"},
+        "platform": {"os": "linux", "architecture": host_architecture()},
+    })];
+    if foreign_too {
+        descriptors.insert(
+            0,
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("sha256:{}", sha256_hex(&foreign_manifest)),
+                "size": foreign_manifest.len(),
+                "annotations": {"io.containerd.image.name": "docker.io/library/ocibb:2"},
+                "platform": {"os": "linux", "architecture": "pdp11"},
+            }),
+        );
+    }
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{}", sha256_hex(&manifest)),
-            "size": manifest.len(),
-            "annotations": {"io.containerd.image.name": "docker.io/library/ocibb:2",
-                            "org.opencontainers.image.ref.name": "2"},
-        }],
+        "manifests": descriptors,
     }))
     .unwrap();
     let mut archive = Tarball::new().dir("blobs/", 0o755).dir("blobs/sha256/", 0o755);
-    for blob in blobs.iter().chain([&config, &manifest]) {
+    let foreign_blobs = [foreign_layer.clone(), foreign_config.clone(), foreign_manifest.clone()];
+    let extra: &[Vec<u8>] = if foreign_too { &foreign_blobs } else { &[] };
+    for blob in blobs.iter().chain([&config, &manifest]).chain(extra) {
         archive = archive.file(&format!("blobs/sha256/{}", sha256_hex(blob)), blob, 0o644);
     }
     archive = archive.file("index.json", &index, 0o644).file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644);
@@ -178,6 +209,25 @@ fn plain_oci_layout_without_manifest_json() {
     // Stored layers are the uncompressed diffs, so save can reproduce the diff ids.
     let layers = fs::read_dir(fixture.store_root().join("layers")).unwrap().count();
     assert_eq!(layers, 2);
+}
+
+#[test]
+fn oci_layout_with_several_platforms_loads_the_hosts() {
+    let fixture = Fixture::new();
+    let (archive, config) = oci_archive_with(false, true);
+    let loaded = fixture.store.load(archive.as_slice()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].image.id, format!("sha256:{}", sha256_hex(&config)));
+    assert!(!loaded[0].image.rootfs.join("foreign").exists());
+}
+
+/// GOARCH of this machine, as image platforms spell it.
+fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 #[test]
@@ -328,5 +378,47 @@ fn duplicate_entries_in_the_archive_last_one_wins() {
         .finish();
     let loaded = fixture.store.load(archive.as_slice()).unwrap();
     assert_eq!(loaded[0].tags, ["dup:latest"]);
+    assert_eq!(fs::read(loaded[0].image.rootfs.join("keep")).unwrap(), b"keep");
+}
+
+#[test]
+fn nested_index_picks_the_host_platform() {
+    // Docker 25+ with the containerd store: index.json → image index → per-platform manifests,
+    // with only this platform's blobs (and an attestation) in the archive.
+    let fixture = Fixture::new();
+    let layer = lower_layer();
+    let config = image_config(&[&layer], &["sh"]);
+    let descriptor = |media: &str, blob: &[u8]| serde_json::json!({"mediaType": media, "digest": format!("sha256:{}", sha256_hex(blob)), "size": blob.len()});
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+        "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+    }))
+    .unwrap();
+    let mut host = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
+    host["platform"] = serde_json::json!({"os": "linux", "architecture": host_architecture()});
+    let mut attestation = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
+    attestation["platform"] = serde_json::json!({"os": "unknown", "architecture": "unknown"});
+    attestation["annotations"] = serde_json::json!({"vnd.docker.reference.type": "attestation-manifest"});
+    let mut absent = descriptor("application/vnd.oci.image.manifest.v1+json", b"not in the archive");
+    absent["platform"] = serde_json::json!({"os": "linux", "architecture": host_architecture()});
+    let inner = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [absent, attestation, host],
+    }))
+    .unwrap();
+    let mut top = descriptor("application/vnd.oci.image.index.v1+json", &inner);
+    top["annotations"] = serde_json::json!({"io.containerd.image.name": "docker.io/team/nested:3"});
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [top]})).unwrap();
+    let mut archive = Tarball::new();
+    for blob in [&layer, &config, &manifest, &inner] {
+        archive = archive.file(&format!("blobs/sha256/{}", sha256_hex(blob)), blob, 0o644);
+    }
+    let archive = archive.file("index.json", &index, 0o644).finish();
+    let loaded = fixture.store.load(archive.as_slice()).unwrap();
+    assert_eq!(loaded[0].tags, ["team/nested:3"]);
+    assert_eq!(loaded[0].image.id, format!("sha256:{}", sha256_hex(&config)));
     assert_eq!(fs::read(loaded[0].image.rootfs.join("keep")).unwrap(), b"keep");
 }
