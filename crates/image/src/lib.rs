@@ -12,11 +12,14 @@
 //!                              reproduce the exact diff ids (the image id depends on them)
 //!   rootfs/<hex>/              flattened root filesystem of image <hex>
 //!   tmp/                       staging for imports and deletions; emptied at open
+//!   lock                       flock'ed while a process has the store open
 //! ```
 //!
-//! An import extracts into `tmp/`, then renames into place and rewrites `index.json` under
-//! the store lock; anything a crash leaves behind (staging dirs, files no record points to)
-//! is removed by [`ImageStore::open`].
+//! An import extracts into `tmp/` without holding the store's lock, `syncfs`es, then renames
+//! into place and rewrites `index.json` under the lock; a crash leaves either the old or the
+//! new state plus garbage (staging dirs, files no record points to) that
+//! [`ImageStore::open`] removes. Records whose files are missing are dropped at open.
+//! The rootfs directories are the store's: callers must treat them as read-only.
 //!
 //! # Archive safety rules
 //!
@@ -33,6 +36,11 @@
 //! * it is a hard link whose target (same path rules) is missing, a directory or a symlink;
 //! * it is a character or block device (FIFOs are allowed: they cannot reach the host);
 //! * it exceeds the [`Limits`] (total bytes, entries, path length, layers).
+//!
+//! The same path rules apply to the outer `docker save` archive, whose files are only read,
+//! never created by name; its symlinks (legacy saves link duplicate layers) must stay inside it.
+//! [`ImageStore::import_dir`] archives a directory without following links inside it and skips
+//! device nodes and sockets (runc provides `/dev`).
 //!
 //! Whiteouts (`.wh.<name>`, `.wh..wh..opq`) are applied while flattening layers, as overlayfs
 //! would present them. Extended attributes from PAX `SCHILY.xattr.*` records are restored,

@@ -798,8 +798,16 @@ impl ImageStore {
             configs.retain(|hex, _| index.images.contains_key(hex));
             return Err(e);
         }
-        let committed = images.iter().filter_map(|image| self.image_of(&state, &image.hex)).collect();
-        Ok(committed)
+        // One image per staged image, in order: `load` pairs them with the archive's tags.
+        images
+            .iter()
+            .map(|image| {
+                self.image_of(&state, &image.hex).ok_or_else(|| Error::Corrupt {
+                    path: self.root.join(INDEX_FILE),
+                    reason: format!("image sha256:{} vanished while it was committed", image.hex),
+                })
+            })
+            .collect()
     }
 
     fn commit_locked(&self, state: &mut State, images: &[StagedImage], layers: &StagedLayers) -> Result<(), Error> {
