@@ -28,9 +28,14 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Registers a descriptor with the tokio reactor.
 pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    register_with(fd, Interest::READABLE | Interest::WRITABLE)
+}
+
+/// Registers a descriptor with the tokio reactor for the given readiness only.
+pub fn register_with(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd stays open and names the same file description until the AsyncFd, which
     // owns it, is dropped; `as_raw_fd` always returns that descriptor.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }.map_err(io::Error::from)
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
 }
 
 /// The master side of a process's terminal.
@@ -53,11 +58,6 @@ impl PtyMaster {
                 Err(_would_block) => continue,
             }
         }
-    }
-
-    /// Reads what is buffered without waiting.
-    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        read_eio_is_eof(self.fd.get_ref().as_fd(), buf)
     }
 
     pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
@@ -131,11 +131,23 @@ impl Source {
         }
     }
 
-    /// Reads buffered output without waiting; `WouldBlock` when the buffer is empty.
-    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads what the process left behind once it has exited; 0 when there is nothing more.
+    ///
+    /// A pipe holds everything an exited process wrote, so an empty pipe is the end. A terminal
+    /// hands output to the master asynchronously (the tty flip-buffer work), so it is read until
+    /// EIO (the kernel flushes pending output before reporting it) or, when a descendant still
+    /// holds the terminal open, until it has been quiet for a moment.
+    pub async fn read_after_exit(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        const TERMINAL_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
         match self {
-            Source::Pipe(p) => p.try_read(buf),
-            Source::Pty(m) => m.try_read(buf),
+            // Ask the kernel, not tokio: tokio's `try_read` reports WouldBlock without a read
+            // when its reactor has not yet seen the pipe become readable.
+            Source::Pipe(p) => match nix::unistd::read(p.as_fd(), buf) {
+                Ok(n) => Ok(n),
+                Err(Errno::EAGAIN) => Ok(0),
+                Err(e) => Err(e.into()),
+            },
+            Source::Pty(m) => tokio::time::timeout(TERMINAL_QUIET, m.read(buf)).await.unwrap_or(Ok(0)),
         }
     }
 }
@@ -170,7 +182,7 @@ mod tests {
         let mut source = Source::pipe(r)?;
         let mut buf = [0u8; 16];
         assert_eq!(source.read(&mut buf).await?, 5);
-        assert_eq!(source.try_read(&mut buf).err().map(|e| e.kind()), Some(io::ErrorKind::WouldBlock));
+        assert_eq!(source.read_after_exit(&mut buf).await?, 0);
         drop(w);
         assert_eq!(source.read(&mut buf).await?, 0);
         Ok(())
