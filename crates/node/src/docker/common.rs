@@ -73,7 +73,10 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         let code = match &e {
-            EngineError::NoSuchContainer(_) | EngineError::NoSuchExec(_) | EngineError::NoSuchImage(_) => {
+            EngineError::NoSuchContainer(_)
+            | EngineError::NoSuchExec(_)
+            | EngineError::NoSuchImage(_)
+            | EngineError::NoSuchPod(_) => {
                 StatusCode::NOT_FOUND
             }
             EngineError::NotRunning(_) | EngineError::Conflict(_) => StatusCode::CONFLICT,

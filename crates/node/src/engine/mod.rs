@@ -7,6 +7,7 @@ pub mod container;
 pub mod exec;
 pub mod logs;
 mod names;
+pub mod pods;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -35,6 +36,8 @@ pub use container::Lifecycle;
 pub enum EngineError {
     #[error("No such container: {0}")]
     NoSuchContainer(String),
+    #[error("pod {0} not found on this node")]
+    NoSuchPod(String),
     #[error("No such exec instance: {0}")]
     NoSuchExec(String),
     #[error("No such image: {0}")]
