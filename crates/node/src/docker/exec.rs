@@ -21,6 +21,8 @@ struct ExecConfig {
     attach_stdin: bool,
     attach_stdout: bool,
     attach_stderr: bool,
+    // Go decodes JSON keys case-insensitively; docker-py sends this one as `detachKeys`.
+    #[serde(alias = "detachKeys")]
     detach_keys: String,
     env: Option<Vec<String>>,
     working_dir: String,
