@@ -1,5 +1,6 @@
 //! The `hatch` binary: wires the subcommands to the library crates.
 
+mod image;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,9 @@ struct Cli {
 enum Command {
     /// Start a single-machine hatch: the node (containers, Docker API) in one process.
     Up(up::UpArgs),
+    /// Import and list images on the node.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +30,6 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Up(args) => runtime.block_on(up::run(args)),
+        Command::Image(command) => runtime.block_on(image::run(command)),
     }
 }

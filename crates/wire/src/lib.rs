@@ -14,6 +14,7 @@
 //! | [`status`] | `metav1.Status` JSON (exit codes on the error channel, API error bodies) | everyone |
 //! | [`resize`] | terminal size messages (`{"Width":100,"Height":30}\n`) | node, CLI |
 //! | [`exec_options`] | the exec query string (`command=ls&stdin=true&…`) | server, node, CLI |
+//! | [`units`] | Docker's human durations and sizes (`Up 5 minutes`, `1.98MB`) | node Docker API, CLI |
 //!
 //! Conventions shared by every module:
 //! * Decoders never panic on any input; they return a typed error (lower-case
@@ -33,3 +34,4 @@ pub mod resize;
 pub mod spdy;
 pub mod status;
 pub mod stdcopy;
+pub mod units;
