@@ -3,3 +3,4 @@
 
 pub mod docker;
 pub mod engine;
+pub mod k8s;

@@ -711,6 +711,13 @@ impl Engine {
             .ok_or_else(|| EngineError::NoSuchExec(id.into()))
     }
 
+    /// Drops one exec record now. Front ends whose sessions nobody can look up by id (the k8s
+    /// streaming server) call it when done, so a long-lived container's exec map does not grow
+    /// with every `kubectl exec`. A process still running keeps running; only the record goes.
+    pub fn exec_forget(&self, id: &str) {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
     /// Drops exec records of a container: all of them once it is removed, the finished ones
     /// when it stops (their exit codes stay readable until then in Docker too).
     fn forget_execs(&self, container_id: &str, all: bool) {
