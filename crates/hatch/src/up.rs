@@ -80,6 +80,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let engine = Engine::open(EngineConfig { data_dir: data_dir.clone(), runc, init_binary }).await?;
     engine.restore().await;
+    let demo = match hatch_node::demo::ensure_demo(&engine, &data_dir).await {
+        Ok(demo) => demo,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the demo pod");
+            None
+        }
+    };
 
     let shutdown = CancellationToken::new();
     let docker = tokio::spawn(hatch_node::docker::serve(engine.clone(), docker_socket.clone(), shutdown.clone()));
@@ -88,6 +95,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!();
     println!("  export DOCKER_HOST=unix://{}", docker_socket.display());
     println!();
+    if let Some(pod) = &demo {
+        println!("A demo pod is running. Get a shell in it:");
+        println!();
+        println!("  docker exec -it {pod} sh");
+        println!();
+    }
     println!("Containers keep running when hatch stops; `hatch up` with the same --data-dir picks them up again.");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

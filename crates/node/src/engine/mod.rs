@@ -53,10 +53,19 @@ pub enum EngineError {
     NotModified,
     #[error("{0}")]
     StartFailed(String),
-    #[error("image: {0}")]
-    Image(#[from] hatch_image::Error),
+    #[error("{0}")]
+    Image(hatch_image::Error),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<hatch_image::Error> for EngineError {
+    fn from(e: hatch_image::Error) -> EngineError {
+        match e {
+            hatch_image::Error::NotFound(reference) => EngineError::NoSuchImage(reference),
+            other => EngineError::Image(other),
+        }
+    }
 }
 
 impl EngineError {
