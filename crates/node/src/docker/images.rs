@@ -27,7 +27,7 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::from(EngineError::Internal(format!("image task: {e}"))))?
-        .map_err(|e| ApiError::from(EngineError::Image(e)))
+        .map_err(|e| ApiError::from(EngineError::from(e)))
 }
 
 /// The request body as a blocking `Read`, for use inside `spawn_blocking`.
