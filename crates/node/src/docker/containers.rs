@@ -200,7 +200,9 @@ pub fn inspect(api: &Api, id: &str) -> ApiResult {
                 "CapDrop": r.spec.cap_drop,
                 "NetworkMode": "none",
                 "RestartPolicy": { "Name": "no", "MaximumRetryCount": 0 },
-                "LogConfig": { "Type": "hatch", "Config": {} },
+                // Clients (docker-py's `containers.run`) read logs only from drivers they know; hatch's
+                // log serves the same API as json-file.
+                "LogConfig": { "Type": "json-file", "Config": {} },
             },
             "GraphDriver": { "Name": "overlay", "Data": null },
             "Mounts": [],

@@ -185,6 +185,28 @@ async fn client_input(
     ClientEnd::Gone
 }
 
+/// Waits (briefly, bounded) until the client has read everything sent so far: the 101 response.
+///
+/// docker-py reads the response head through a buffered reader, then reads the stream from the
+/// raw socket; bytes that arrived together with the head sit in that buffer and are lost. dockerd
+/// never shows this because its exec starts tens of milliseconds after the 101; hatch's starts
+/// before it. `SIOCOUTQ` on a unix socket counts the bytes the peer has not consumed yet.
+async fn peer_read_response(wr: &OwnedWriteHalf) {
+    use std::os::fd::AsRawFd;
+    let fd = wr.as_ref().as_raw_fd();
+    let unread = || {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int to the pointer, which lives across the call; the
+        // descriptor is the open socket `wr` borrows.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut pending) };
+        if rc < 0 { 0 } else { pending }
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    while unread() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+    }
+}
+
 /// Writes `data` as one stdcopy frame (or raw for a terminal).
 async fn write_output(wr: &mut OwnedWriteHalf, tty: bool, stderr: bool, data: &[u8]) -> std::io::Result<()> {
     if tty {
@@ -214,10 +236,15 @@ pub async fn relay_exec(conn: Hijacked, run: RunningExec, tty: bool, detach_keys
     let hang_up = || {
         let _ = control.try_send(crate::engine::exec::ExecControl::Hangup);
     };
+    let mut first_write = true;
     loop {
         tokio::select! {
             next = output.next() => match next {
                 Ok(Some((stream, len))) => {
+                    if first_write {
+                        first_write = false;
+                        peer_read_response(&wr).await;
+                    }
                     let data = output.chunk(stream, len);
                     if write_output(&mut wr, tty, stream == Stream::Stderr, data).await.is_err() {
                         hang_up();
@@ -254,6 +281,7 @@ pub async fn relay_attach(
 ) {
     let Hijacked { rd, mut wr, buffered } = conn;
     let mut client = tokio::spawn(client_input(rd, buffered, target, detach_keys));
+    peer_read_response(&wr).await;
     loop {
         tokio::select! {
             chunk = output.recv() => match chunk {
@@ -275,6 +303,7 @@ pub async fn relay_attach(
 /// Tells the client why nothing runs (after the 101, as Docker does), then closes.
 pub async fn write_failure(conn: Hijacked, tty: bool, message: &str) {
     let Hijacked { mut wr, .. } = conn;
+    peer_read_response(&wr).await;
     let _ = write_output(&mut wr, tty, true, format!("{message}\r\n").as_bytes()).await;
     let _ = wr.shutdown().await;
 }
