@@ -63,16 +63,20 @@ impl ExecSession {
     }
 
     pub fn set_pty(&self, pty: Option<Arc<PtyMaster>>) {
+        // The terminal's lock first, in both methods: a size requested while the terminal
+        // appears is then either seen here or applied by `resize`, never lost.
+        let mut slot = self.pty.lock().unwrap_or_else(|p| p.into_inner());
         if let (Some(p), Some((rows, cols))) = (&pty, *self.pending_size.lock().unwrap_or_else(|p| p.into_inner())) {
             let _ = p.resize(rows, cols);
         }
-        *self.pty.lock().unwrap_or_else(|p| p.into_inner()) = pty;
+        *slot = pty;
     }
 
     /// Resizes the terminal now, or when it appears.
     pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
+        let slot = self.pty.lock().unwrap_or_else(|p| p.into_inner());
         *self.pending_size.lock().unwrap_or_else(|p| p.into_inner()) = Some((rows, cols));
-        match &*self.pty.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &*slot {
             Some(p) => p.resize(rows, cols),
             None => Ok(()),
         }
