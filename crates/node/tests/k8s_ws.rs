@@ -295,7 +295,9 @@ async fn requests_refused_before_the_upgrade() -> TestResult {
             ("Sec-WebSocket-Protocol", V5),
         ];
         let ls = |container: &str| exec_path(container, &["ls"], &["stdout"]);
-        let cases: Vec<(String, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+        // (path, method, headers, status code, message)
+        type Case<'a> = (String, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+        let cases: Vec<Case> = vec![
             ("/version".into(), "GET", ws.to_vec(), 404, "NotFound"),
             (
                 format!("/exec/{NS}/nope/main?command=ls&stdout=true"),

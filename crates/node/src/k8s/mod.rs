@@ -116,13 +116,13 @@ enum Transport {
 
 /// A refused request: its Status and any extra response headers.
 struct Refusal {
-    status: Status,
+    status: Box<Status>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl From<Status> for Refusal {
     fn from(status: Status) -> Refusal {
-        Refusal { status, headers: Vec::new() }
+        Refusal { status: Box::new(status), headers: Vec::new() }
     }
 }
 
@@ -404,7 +404,7 @@ fn negotiate_websocket(req: &Request<Incoming>) -> Result<Transport, Refusal> {
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
         return Err(Refusal {
-            status: Status::bad_request("unsupported websocket version, expected 13"),
+            status: Box::new(Status::bad_request("unsupported websocket version, expected 13")),
             headers: vec![(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"))],
         });
     }
@@ -448,7 +448,7 @@ fn negotiate_spdy(headers: &HeaderMap) -> Result<Transport, Refusal> {
             let headers = name
                 .map(|name| names.iter().map(|n| (name.clone(), HeaderValue::from_static(n))).collect())
                 .unwrap_or_default();
-            Err(Refusal { status, headers })
+            Err(Refusal { status: Box::new(status), headers })
         }
     }
 }
@@ -481,7 +481,7 @@ fn empty() -> Body {
 }
 
 fn status_response(refusal: &Refusal) -> Response<Body> {
-    let status = refusal.status.clone().with_type_meta();
+    let status = (*refusal.status).clone().with_type_meta();
     let body = Full::new(Bytes::from(status.to_json())).map_err(|never: Infallible| match never {}).boxed_unsync();
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::from_u16(status.http_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
