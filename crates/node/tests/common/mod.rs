@@ -347,7 +347,10 @@ pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 /// What a client has seen of a session.
 #[derive(Debug, Default)]
 pub struct Seen {
+    /// Kept unless `discard_stdout` (throughput runs count bytes only).
     pub stdout: Vec<u8>,
+    pub stdout_len: u64,
+    pub discard_stdout: bool,
     pub stderr: Vec<u8>,
     pub error: Vec<u8>,
     /// Channel of each data message, in order (the first is the "ready" message).
@@ -470,7 +473,12 @@ impl WsClient {
         let Some(m) = k8s_ws::decode_server_message(self.protocol, payload)? else { return Ok(()) };
         self.seen.channels.push(m.channel);
         match m.channel {
-            channel::STDOUT => self.seen.stdout.extend_from_slice(&m.payload),
+            channel::STDOUT => {
+                self.seen.stdout_len += m.payload.len() as u64;
+                if !self.seen.discard_stdout {
+                    self.seen.stdout.extend_from_slice(&m.payload);
+                }
+            }
             channel::STDERR => self.seen.stderr.extend_from_slice(&m.payload),
             channel::ERROR => self.seen.error.extend_from_slice(&m.payload),
             other => return Err(err(format!("message on unexpected channel {other}"))),
@@ -510,7 +518,10 @@ pub struct SpdyClient {
 
 #[derive(Debug, Default)]
 pub struct SpdySeen {
+    /// Kept unless `discard_stdout` (throughput runs count bytes only).
     pub stdout: Vec<u8>,
+    pub stdout_len: u64,
+    pub discard_stdout: bool,
     pub stderr: Vec<u8>,
     pub error: Vec<u8>,
     pub fins: Vec<u32>,
@@ -643,7 +654,12 @@ impl SpdyClient {
         match frame {
             Frame::Data { stream_id, fin, data } => {
                 match kind_of(stream_id) {
-                    Some(StreamType::Stdout) => self.seen.stdout.extend_from_slice(&data),
+                    Some(StreamType::Stdout) => {
+                        self.seen.stdout_len += data.len() as u64;
+                        if !self.seen.discard_stdout {
+                            self.seen.stdout.extend_from_slice(&data);
+                        }
+                    }
                     Some(StreamType::Stderr) => self.seen.stderr.extend_from_slice(&data),
                     Some(StreamType::Error) => self.seen.error.extend_from_slice(&data),
                     _ => {}
