@@ -146,6 +146,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<i32, InitError> {
+    spawn::reset_signal_dispositions();
     let (listener, status) = parse_args()?;
     set_cloexec_nonblock(listener.as_fd(), true).map_err(|e| InitError::Sys("control socket", e))?;
     if let Some(f) = &status {

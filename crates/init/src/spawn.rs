@@ -222,9 +222,9 @@ fn child_setup(p: &Prepared, stdio: &Stdio, devnull: BorrowedFd<'_>) -> (Stage, 
             }
         };
     }
-    // init blocks every signal it handles through signalfd, and the Rust runtime ignores SIGPIPE;
-    // the new process starts with a clean slate.
-    check!(Stage::Setup, reset_signals());
+    // init blocks the signals it handles through signalfd; the new process starts unblocked (the
+    // dispositions were reset to default once, when init started).
+    check!(Stage::Setup, unblock_signals());
     check!(Stage::Setup, nix::unistd::setsid().map(drop));
     match stdio {
         Stdio::Pty { slave } => {
@@ -271,7 +271,18 @@ fn dup_to(src: BorrowedFd<'_>, target: i32) -> Result<(), Errno> {
     Errno::result(unsafe { libc::dup2(src.as_raw_fd(), target) }).map(drop)
 }
 
-fn reset_signals() -> Result<(), Errno> {
+fn unblock_signals() -> Result<(), Errno> {
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+}
+
+/// Restores every signal's default disposition. Ignored signals survive execve, and the chain
+/// that starts init (the node, runc) may have ignored some (Rust ignores SIGPIPE); the processes
+/// init starts must not inherit that. Done once at startup, so execs need not.
+pub fn reset_signal_dispositions() {
     for sig in 1..32 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
@@ -279,11 +290,6 @@ fn reset_signals() -> Result<(), Errno> {
         // SAFETY: restoring the default disposition needs no handler and touches no memory.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
-    nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    )
 }
 
 fn mark_cloexec_from(first: u32) -> Result<(), Errno> {

@@ -249,3 +249,20 @@ fn hangup_request_kills_the_group_and_still_reports_exit() -> TestResult {
     assert_eq!(recv(&conn)?.0, Reply::Exited { code: 129 });
     Ok(())
 }
+
+#[test]
+fn processes_start_with_default_signal_dispositions_and_nothing_blocked() -> TestResult {
+    // The test process ignores SIGPIPE (Rust does) and init blocks signals for its signalfd;
+    // neither may leak into what init starts.
+    let init = Init::start()?;
+    let conn = init.connect()?;
+    let (out_r, out_w) = nix::unistd::pipe()?;
+    let mut s = spec(&["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]);
+    s.stdout = true;
+    proto::send(conn.as_fd(), &Request::Exec { spec: s, fds: vec![FdRole::Stdout] }, &[out_w.as_fd()])?;
+    drop(out_w);
+    assert!(matches!(recv(&conn)?.0, Reply::Started { .. }));
+    assert_eq!(recv(&conn)?.0, Reply::Exited { code: 0 });
+    assert_eq!(read_all(out_r), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+    Ok(())
+}

@@ -61,6 +61,7 @@ struct StartConfig {
 }
 
 pub async fn start(api: &Api, id: &str, mut req: Request<Incoming>, version: u32) -> ApiResult {
+    let received = std::time::Instant::now();
     let session = api.engine.exec_lookup(id)?;
     let wants_upgrade = req.headers().contains_key(header::UPGRADE);
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -80,6 +81,8 @@ pub async fn start(api: &Api, id: &str, mut req: Request<Incoming>, version: u32
     }
     // The process starts before the response goes out: the client's first byte finds it running.
     let started = api.engine.exec_start(&session, false).await?;
+    // The benchmark reads this (HATCH_LOG=hatch_timing=debug): request received to process running.
+    tracing::debug!(target: "hatch_timing", exec = %session.id, start_us = received.elapsed().as_micros() as u64, "exec started");
     let detach_keys =
         if tty && session.spec.attach_stdin { hijack::parse_detach_keys(&session.spec.detach_keys).ok() } else { None };
     tokio::spawn(async move {
