@@ -283,12 +283,24 @@ fn unblock_signals() -> Result<(), Errno> {
 /// that starts init (the node, runc) may have ignored some (Rust ignores SIGPIPE); the processes
 /// init starts must not inherit that. Done once at startup, so execs need not.
 pub fn reset_signal_dispositions() {
-    for sig in 1..32 {
+    /// The kernel's `struct sigaction` on x86_64 (not glibc's, which differs).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    // The raw syscall, because glibc refuses to touch the real-time signals it reserves (32, 33),
+    // and those can arrive ignored too.
+    for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: restoring the default disposition needs no handler and touches no memory.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
+        // SAFETY: rt_sigaction reads one kernel sigaction from the pointer, which lives across the
+        // call; the old action pointer is null and the mask size is the kernel's (8 bytes).
+        unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, &default, std::ptr::null_mut::<KernelSigaction>(), 8) };
     }
 }
 
