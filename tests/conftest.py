@@ -175,11 +175,11 @@ def hatch_factory():
     """Starts as many hatch instances as a test needs; all are torn down afterwards."""
     started = []
 
-    def make():
+    def make(*extra_args):
         h = Hatch(short_tmpdir("hatch-") / "data")
         h.data_dir.mkdir(parents=True)
         started.append(h)
-        return h.start()
+        return h.start(extra_args)
 
     yield make
     for h in started:

@@ -147,3 +147,18 @@ def test_node_restart_keeps_containers_running(hatch_factory, bb_tarball):
     # Output keeps flowing into the log after the restart.
     assert h.docker("logs", "survivor", check=True).stdout.startswith("before")
     h.docker("stop", "-t", "1", "survivor", check=True)
+
+
+def test_copied_rootfs_where_overlay_is_not_used(hatch_factory, bb_tarball):
+    h = hatch_factory("--rootfs", "copy")
+    with open(bb_tarball, "rb") as f:
+        assert run(["docker", "import", "-", "bb"], env=h.env, input=f.read(), text=False).returncode == 0
+    h.docker("run", "-d", "--name", "copied", "bb", "sleep", "1d", check=True)
+    assert h.mounts() == [], "a copied rootfs needs no mount"
+    h.docker("exec", "copied", "sh", "-c", "echo kept > /root/note; rm /bin/ls", check=True)
+    h.docker("stop", "-t", "1", "copied", check=True)
+    h.docker("start", "copied", check=True)
+    assert h.docker("exec", "copied", "cat", "/root/note", check=True).stdout == "kept\n"
+    assert h.docker("exec", "copied", "ls").returncode == 127
+    # The image itself is untouched.
+    assert h.docker("run", "--rm", "bb", "ls", "/").returncode == 0

@@ -7,6 +7,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use hatch_node::engine::{Engine, EngineConfig};
+use hatch_runtime::rootfs::RootfsKind;
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -22,6 +23,9 @@ pub struct UpArgs {
     /// The runc binary.
     #[arg(long, default_value = "runc", env = "HATCH_RUNC")]
     runc: PathBuf,
+    /// Container root filesystems: `overlay` (a copy where the kernel lacks overlayfs) or `copy`.
+    #[arg(long, default_value = "overlay", env = "HATCH_ROOTFS", value_parser = ["overlay", "copy"])]
+    rootfs: String,
 }
 
 /// Finds hatch-init: beside this binary, or where `cargo build --target x86_64-unknown-linux-gnu`
@@ -78,7 +82,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let runc = resolve_runc(&args.runc)?;
     let docker_socket = args.docker_socket.unwrap_or_else(|| data_dir.join("docker.sock"));
 
-    let engine = Engine::open(EngineConfig { data_dir: data_dir.clone(), runc, init_binary }).await?;
+    let rootfs = if args.rootfs == "copy" { RootfsKind::Copy } else { RootfsKind::Overlay };
+    let engine = Engine::open(EngineConfig { data_dir: data_dir.clone(), runc, init_binary, rootfs }).await?;
     engine.restore().await;
     let demo = match hatch_node::demo::ensure_demo(&engine, &data_dir).await {
         Ok(demo) => demo,

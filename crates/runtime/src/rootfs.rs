@@ -31,25 +31,32 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
     std::fs::create_dir_all(path).map_err(|source| RootfsError::Create { path: path.to_path_buf(), source })
 }
 
-/// Makes `<container_dir>/rootfs` from `image_rootfs`.
-pub fn prepare(image_rootfs: &Path, container_dir: &Path) -> Result<RootfsKind, RootfsError> {
+/// Makes `<container_dir>/rootfs` from `image_rootfs`: an overlay, unless `kind` asks for a copy
+/// or the kernel has no overlayfs. A container started again keeps what it wrote either way.
+pub fn prepare(image_rootfs: &Path, container_dir: &Path, kind: RootfsKind) -> Result<RootfsKind, RootfsError> {
     let (target, upper, work) = paths(container_dir);
+    let copied = container_dir.join("rootfs.copied");
+    if copied.exists() {
+        return Ok(RootfsKind::Copy);
+    }
     for dir in [&target, &upper, &work] {
         mkdir(dir)?;
     }
     if is_mounted(&target) {
         return Ok(RootfsKind::Overlay);
     }
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", image_rootfs.display(), upper.display(), work.display());
-    match nix::mount::mount(Some("overlay"), &target, Some("overlay"), MsFlags::empty(), Some(options.as_str())) {
-        Ok(()) => Ok(RootfsKind::Overlay),
-        Err(e) => {
-            tracing::warn!(error = %e, "overlayfs unavailable, copying the image instead");
-            copy_tree(image_rootfs, &target)?;
-            Ok(RootfsKind::Copy)
+    if kind == RootfsKind::Overlay {
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", image_rootfs.display(), upper.display(), work.display());
+        match nix::mount::mount(Some("overlay"), &target, Some("overlay"), MsFlags::empty(), Some(options.as_str())) {
+            Ok(()) => return Ok(RootfsKind::Overlay),
+            Err(e) => tracing::warn!(error = %e, "overlayfs unavailable, copying the image instead"),
         }
     }
+    copy_tree(image_rootfs, &target)?;
+    // Marks a complete copy, so a restart reuses it rather than copying over it.
+    std::fs::write(&copied, b"").map_err(|source| RootfsError::Create { path: copied, source })?;
+    Ok(RootfsKind::Copy)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), RootfsError> {

@@ -80,12 +80,16 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     pub runc: PathBuf,
     pub init_binary: PathBuf,
+    /// How container root filesystems are made: overlay (copying when the kernel has no
+    /// overlayfs) or always a copy.
+    pub rootfs: rootfs::RootfsKind,
 }
 
 pub struct Engine {
     containers_dir: PathBuf,
     sockets_dir: PathBuf,
     init_binary: PathBuf,
+    rootfs_kind: rootfs::RootfsKind,
     runc: Runc,
     pub images: Arc<ImageStore>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
@@ -184,6 +188,7 @@ impl Engine {
             containers_dir,
             sockets_dir,
             init_binary: config.init_binary,
+            rootfs_kind: config.rootfs,
             images: Arc::new(images),
             containers: RwLock::new(HashMap::new()),
             execs: Mutex::new(HashMap::new()),
@@ -379,7 +384,8 @@ impl Engine {
 
         let dir = c.dir.clone();
         let image_rootfs = image.rootfs.clone();
-        tokio::task::spawn_blocking(move || rootfs::prepare(&image_rootfs, &dir))
+        let kind = self.rootfs_kind;
+        tokio::task::spawn_blocking(move || rootfs::prepare(&image_rootfs, &dir, kind))
             .await
             .map_err(|e| EngineError::internal("prepare rootfs", e))?
             .map_err(|e| EngineError::internal("prepare rootfs", e))?;
