@@ -156,6 +156,7 @@ impl Fixture {
             data_dir: data.path().join("d"),
             runc: find_runc()?,
             init_binary: find_init()?,
+            rootfs: hatch_runtime::rootfs::RootfsKind::Overlay,
         })
         .await?;
         let images = engine.images.clone();
