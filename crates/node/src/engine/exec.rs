@@ -32,6 +32,17 @@ pub struct ExecState {
     pub exit_code: Option<i32>,
     /// Host pid of the process.
     pub pid: i32,
+    /// When the record was created, or when its process ended.
+    pub touched: Option<std::time::Instant>,
+}
+
+impl ExecState {
+    /// Records the end of the process (or its failure to start).
+    pub fn finish(&mut self, code: i32) {
+        self.running = false;
+        self.exit_code = Some(code);
+        self.touched = Some(std::time::Instant::now());
+    }
 }
 
 /// An exec instance, from create until its container is removed.
@@ -52,7 +63,7 @@ impl ExecSession {
             id,
             container_id,
             spec,
-            state: Mutex::new(ExecState::default()),
+            state: Mutex::new(ExecState { touched: Some(std::time::Instant::now()), ..ExecState::default() }),
             pty: Mutex::new(None),
             pending_size: Mutex::new(None),
         })

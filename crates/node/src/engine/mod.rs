@@ -98,6 +98,9 @@ pub struct Engine {
     host_capabilities: u64,
 }
 
+/// How long the record of a finished (or never started) exec stays inspectable.
+const EXEC_RECORD_TTL: Duration = Duration::from_secs(300);
+
 /// How `docker wait` decides it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitCondition {
@@ -713,7 +716,14 @@ impl Engine {
             return Err(EngineError::BadRequest("No exec command specified".into()));
         }
         let session = ExecSession::new(names::new_id(), c.id.clone(), spec);
-        self.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(session.id.clone(), session.clone());
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        // Like dockerd's exec GC: a record nobody started, or whose process ended, goes after a
+        // while, so a container exec'd into all day keeps a bounded table.
+        execs.retain(|_, s| {
+            let state = s.state();
+            state.running || state.touched.is_none_or(|t| t.elapsed() < EXEC_RECORD_TTL)
+        });
+        execs.insert(session.id.clone(), session.clone());
         Ok(session)
     }
 
@@ -806,15 +816,11 @@ impl Engine {
         let (conn, process) = match outcome {
             Ok((conn, Outcome::Started(process))) => (conn, process),
             Ok((_, Outcome::Failed { code, message })) => {
-                let mut state = session.state();
-                state.running = false;
-                state.exit_code = Some(code);
+                session.state().finish(code);
                 return Ok(ExecStarted::Failed { code, message });
             }
             Err(e) => {
-                let mut state = session.state();
-                state.running = false;
-                state.exit_code = Some(126);
+                session.state().finish(126);
                 return Err(match e {
                     InitError::Connect { .. } | InitError::Gone => EngineError::NotRunning(c.id.clone()),
                     other => EngineError::internal("exec", other),
@@ -877,11 +883,7 @@ async fn watch_exec(
             },
         }
     };
-    {
-        let mut state = session.state();
-        state.running = false;
-        state.exit_code = Some(code);
-    }
+    session.state().finish(code);
     session.set_pty(None);
     let _ = exit_tx.send(Some(code));
 }
