@@ -242,11 +242,11 @@ async fn hostile_frames_end_only_their_session() -> TestResult {
         let s = fx.summary(&audit).await?;
         assert!(s.error.as_deref().is_some_and(|e| e.contains("protocol error")), "{s:?}");
 
-        // A frame announcing 2 MiB: refused from its header, nothing buffered.
+        // A frame announcing 64 MiB: refused from its header, nothing buffered.
         let audit = audit_id("huge");
         let mut raw = raw_ws(fx, &argv, &audit).await?;
         let mut header = vec![0x82, 0x80 | 127];
-        header.extend_from_slice(&(2u64 << 20).to_be_bytes());
+        header.extend_from_slice(&(64u64 << 20).to_be_bytes());
         header.extend_from_slice(&[1, 2, 3, 4]);
         raw.write_all(&header).await?;
         raw.write_all(&[0u8; 4096]).await?;
@@ -387,6 +387,32 @@ async fn an_idle_interactive_session_survives_minutes() -> TestResult {
         c.stdin(b"exit\n").await?;
         c.finish().await?;
         assert_eq!(outcome(&c), ExecOutcome::Exit(0));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hatch_extensions_user_env_workdir_detach() -> TestResult {
+    with_fixture(async |fx| {
+        let argv = ["sh", "-c", "echo $(id -un) $FOO $(pwd)"];
+        let flags = ["stdout", "user=alice", "env=FOO%3Dbar", "workdir=%2Ftmp"];
+        let mut c = ws_connect(fx.addr, &exec_path(MAIN, &argv, &flags), &[V5], "ext").await?;
+        c.finish().await?;
+        assert_eq!(c.seen_text().0, "alice bar /tmp\n");
+
+        // Detached: the answer comes at once, the process runs on.
+        let argv = ["sh", "-c", "sleep 1; echo later > /tmp/detached"];
+        let started = Instant::now();
+        let mut c = ws_connect(fx.addr, &exec_path(MAIN, &argv, &["detach"]), &[V5], "detach").await?;
+        c.finish().await?;
+        assert_eq!(outcome(&c), ExecOutcome::Exit(0));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let argv = ["cat", "/tmp/detached"];
+        let mut c = ws_connect(fx.addr, &exec_path(MAIN, &argv, &["stdout"]), &[V5], "detached-check").await?;
+        c.finish().await?;
+        assert_eq!(c.seen_text().0, "later\n");
         Ok(())
     })
     .await

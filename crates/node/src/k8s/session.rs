@@ -18,9 +18,14 @@ use super::{ExecSummary, StreamingServer};
 use crate::engine::ExecStarted;
 use crate::engine::exec::{ExecControl, ExecSession, OutputReader, RunningExec, Stream};
 
-/// Client stdin chunks (≤ 32 KiB from kubectl) queued for the process before the client's
-/// reader waits: the process's pace is the only backpressure, as with the kubelet.
-pub(super) const STDIN_QUEUE: usize = 16;
+/// Client stdin chunks queued for the process before the client's reader waits: the process's
+/// pace is the only backpressure, as with the kubelet. Bounded in count and in bytes (a message
+/// larger than the byte budget takes all of it), so a client cannot park much memory here.
+const STDIN_QUEUE: usize = 64;
+const STDIN_QUEUE_BYTES: usize = 1 << 20;
+
+/// Queued client input and the share of the byte budget it holds until written.
+pub(super) type StdinChunk = (Bytes, tokio::sync::OwnedSemaphorePermit);
 /// After a hang-up, how long to wait for the exit status to report it.
 const EXIT_AFTER_HANGUP: Duration = Duration::from_secs(10);
 /// After the last message, how long the client gets to close its side.
@@ -133,7 +138,7 @@ impl Exec {
         &mut self,
         out: &mut O,
         client: &mut JoinHandle<ClientEnd>,
-        stdin: mpsc::Receiver<Bytes>,
+        stdin: mpsc::Receiver<StdinChunk>,
     ) -> Outcome {
         let run = match self.server.engine.exec_start(&self.session, self.opts.detach).await {
             Err(e) => return Outcome::Report(Ending::Error(e.to_string())),
@@ -242,11 +247,11 @@ async fn wait_exit(mut exit: watch::Receiver<Option<i32>>) -> Option<i32> {
 }
 
 /// Copies queued client input to the process; the queue's end (client EOF) is the process's EOF.
-fn spawn_stdin(sink: Option<Sink>, mut input: mpsc::Receiver<Bytes>, counter: Arc<AtomicU64>) -> JoinHandle<()> {
+fn spawn_stdin(sink: Option<Sink>, mut input: mpsc::Receiver<StdinChunk>, counter: Arc<AtomicU64>) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Without a sink the queue is dropped here, and the reader stops feeding it.
         let Some(mut sink) = sink else { return };
-        while let Some(data) = input.recv().await {
+        while let Some((data, _budget)) = input.recv().await {
             if let Err(e) = sink.write_all(&data).await {
                 // The process stopped reading; its output still flows, later input is dropped.
                 tracing::debug!(error = %e, "exec stdin closed by the process");
@@ -259,23 +264,31 @@ fn spawn_stdin(sink: Option<Sink>, mut input: mpsc::Receiver<Bytes>, counter: Ar
 
 /// The client side of stdin, held by a reader task.
 pub(super) struct StdinFeed {
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<StdinChunk>>,
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl StdinFeed {
-    /// `None` when the exec has no stdin: input is then dropped, as the kubelet drops data for
-    /// channels it did not open.
-    pub(super) fn new(tx: Option<mpsc::Sender<Bytes>>) -> StdinFeed {
-        StdinFeed { tx }
+    /// The feed and the queue it fills. With `wanted` false (the exec has no stdin) input is
+    /// dropped, as the kubelet drops data for channels it did not open.
+    pub(super) fn new(wanted: bool) -> (StdinFeed, mpsc::Receiver<StdinChunk>) {
+        let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+        let budget = Arc::new(tokio::sync::Semaphore::new(STDIN_QUEUE_BYTES));
+        (StdinFeed { tx: wanted.then_some(tx), budget }, rx)
     }
 
     pub(super) async fn send(&mut self, data: Bytes) {
         if data.is_empty() {
             return;
         }
-        if let Some(tx) = &self.tx
-            && tx.send(data).await.is_err()
-        {
+        let Some(tx) = &self.tx else { return };
+        // Both values are at most STDIN_QUEUE_BYTES, which fits a u32.
+        let share = u32::try_from(data.len().min(STDIN_QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let sent = match self.budget.clone().acquire_many_owned(share).await {
+            Ok(permit) => tx.send((data, permit)).await.is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
             self.tx = None;
         }
     }

@@ -23,7 +23,7 @@ use hatch_wire::spdy::{
     encode_goaway, encode_ping, encode_syn_reply, expected_streams_for,
 };
 
-use super::session::{CLOSE_GRACE, ClientEnd, Exec, Outcome, Output, Resizer, STDIN_QUEUE, StdinFeed, join_end};
+use super::session::{CLOSE_GRACE, ClientEnd, Exec, Outcome, Output, Resizer, StdinFeed, join_end};
 use crate::engine::exec::Stream;
 
 type Io = TokioIo<Upgraded>;
@@ -158,7 +158,7 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: StreamProt
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let mut writer = tokio::spawn(write_frames(wr, control_rx, data_rx));
     let (ready_tx, ready_rx) = oneshot::channel();
-    let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+    let (stdin, stdin_rx) = StdinFeed::new(exec.opts.stdin);
     let reader = Reader {
         codec,
         control: control_tx,
@@ -167,7 +167,7 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: StreamProt
         opened: 0,
         last_id: 0,
         ready: Some(ready_tx),
-        stdin: StdinFeed::new(exec.opts.stdin.then_some(stdin_tx)),
+        stdin,
         resizer: Resizer::new(exec.session.clone()),
     };
     let mut client = tokio::spawn(reader.run(rd));

@@ -15,7 +15,6 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -24,13 +23,14 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use hatch_wire::k8s_ws::{self, ClientMessage, OutgoingMessage, Subprotocol, channel};
 
-use super::session::{CLOSE_GRACE, ClientEnd, Exec, Outcome, Output, Resizer, STDIN_QUEUE, StdinFeed, join_end};
+use super::session::{CLOSE_GRACE, ClientEnd, Exec, Outcome, Output, Resizer, StdinFeed, join_end};
 use crate::engine::exec::Stream;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Largest client message or frame accepted. kubectl sends at most 32 KiB + 1.
-const MAX_MESSAGE: usize = 1 << 20;
+/// Largest client message or frame accepted. kubectl sends at most 32 KiB + 1; other clients
+/// (the Python one) send a whole `write_stdin` call as one message.
+const MAX_MESSAGE: usize = 4 << 20;
 /// How long a close frame for a misbehaving client may take to go out.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
@@ -83,8 +83,7 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: Subprotoco
         return;
     }
 
-    let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-    let feed = StdinFeed::new(exec.opts.stdin.then_some(stdin_tx));
+    let (feed, stdin_rx) = StdinFeed::new(exec.opts.stdin);
     let mut client = tokio::spawn(read_client(rx, protocol, feed, Resizer::new(exec.session.clone())));
 
     match exec.execute(&mut out, &mut client, stdin_rx).await {
