@@ -136,15 +136,11 @@ async fn run_kubectl(
     stdin: &[u8],
 ) -> Result<Run, Error> {
     let mut cmd = tokio::process::Command::new(bin);
-    cmd.env("KUBECONFIG", kubeconfig)
-        .env("HOME", home)
-        .arg("--cache-dir")
-        .arg(home.join("cache"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.env("KUBECONFIG", kubeconfig).env("HOME", home);
+    if bin.file_name().is_some_and(|n| n.to_string_lossy().starts_with("kubectl")) {
+        cmd.arg("--cache-dir").arg(home.join("cache"));
+    }
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -203,6 +199,21 @@ async fn kubectl_1_27_to_1_33_exec() -> TestResult {
 
                 let r = k(&["exec", POD, "-c", MAIN, "--", "no-such-command"], b"").await?;
                 assert_eq!(r.code, Some(127), "{what}: {}", r.stderr);
+
+                // -it needs a terminal: script(1) gives kubectl one.
+                let line = format!(
+                    "{} --cache-dir {} exec -it {POD} -c {MAIN} -- sh -c 'tty; stty size; exit 7'",
+                    bin.display(),
+                    home.path().join("cache").display()
+                );
+                let script = Path::new("/usr/bin/script");
+                if script.exists() {
+                    let r =
+                        run_kubectl(script, &kubeconfig, home.path(), env, &["-qec", &line, "/dev/null"], b"").await?;
+                    let out = String::from_utf8_lossy(&r.stdout);
+                    assert_eq!(r.code, Some(7), "{what} -it: {out} {}", r.stderr);
+                    assert!(out.contains("/dev/pts/"), "{what} -it: {out}");
+                }
 
                 let r = k(&["exec", POD, "-c", IDLE, "--", "true"], b"").await?;
                 assert_eq!(r.code, Some(1), "{what}");
