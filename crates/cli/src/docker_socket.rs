@@ -15,7 +15,9 @@ pub type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerSocketError {
-    #[error("cannot reach the hatch node at {path}: {source} (is `hatch up` running? set DOCKER_HOST=unix://… to its socket)")]
+    #[error(
+        "cannot reach the hatch node at {path}: {source} (is `hatch up` running? set DOCKER_HOST=unix://… to its socket)"
+    )]
     Connect { path: String, source: std::io::Error },
     #[error("DOCKER_HOST={0} is not a unix:// socket; hatch's image commands talk to the node's socket")]
     NotUnix(String),

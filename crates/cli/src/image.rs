@@ -59,7 +59,8 @@ fn source_body(source: &Path) -> Result<RequestBody, ImageError> {
             let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(256 * 1024, ChunkWriter(tx.clone())));
             // Keep symlinks as links: the rootfs's absolute links point inside the image.
             builder.follow_symlinks(false);
-            let result = builder.append_dir_all(".", &dir).and_then(|_| builder.into_inner()).and_then(|mut w| w.flush());
+            let result =
+                builder.append_dir_all(".", &dir).and_then(|_| builder.into_inner()).and_then(|mut w| w.flush());
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))));
             }
@@ -93,8 +94,11 @@ pub async fn import(node: &DockerSocket, name: &str, source: &Path) -> Result<St
         Some((repo, tag)) if !tag.contains('/') => (repo, tag),
         _ => (name, "latest"),
     };
-    let query: String =
-        form_urlencoded::Serializer::new(String::new()).append_pair("fromSrc", "-").append_pair("repo", repo).append_pair("tag", tag).finish();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("fromSrc", "-")
+        .append_pair("repo", repo)
+        .append_pair("tag", tag)
+        .finish();
     let body = source_body(source)?;
     let answer = node.request(Method::POST, &format!("/images/create?{query}"), body).await?;
     // Docker's progress stream: the last `status` is the image id.
