@@ -1,6 +1,12 @@
 //! The `hatch` binary: wires the subcommands to the library crates.
 
+mod engine_setup;
 mod image;
+mod kubeconfig;
+mod local;
+mod node;
+mod server;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -14,8 +20,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a single-machine hatch: the node (containers, Docker API) in one process.
+    /// Start a single-machine hatch: the API server and a node (containers, Docker API) in one process.
     Up(up::UpArgs),
+    /// Run the API server alone (nodes join it with `hatch node`).
+    Server(server::ServerArgs),
+    /// Run a node that joins a server.
+    Node(node::NodeArgs),
+    /// Manage bearer tokens (needs an admin kubeconfig).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Import and list images on the node.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -31,6 +44,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Up(args) => runtime.block_on(up::run(args)),
+        Command::Server(args) => runtime.block_on(server::run(args)),
+        Command::Node(args) => runtime.block_on(node::run(args)),
+        Command::Token(command) => runtime.block_on(token::run(command)),
         Command::Image(command) => runtime.block_on(image::run(command)),
     }
 }

@@ -1,90 +1,56 @@
-//! `hatch up`: everything on one machine.
+//! `hatch up`: everything on one machine — the engine and its Docker API, the API server, and the
+//! local node, in one process. Execs to the local node are in-process calls on the client's own
+//! connection; the kubeconfig for kubectl is written to `DATA_DIR/kubeconfig`.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use hatch_node::engine::{Engine, EngineConfig};
-use hatch_runtime::rootfs::RootfsKind;
+use hatch_node::agent::{Agent, AgentConfig};
+use hatch_node::k8s::StreamingServer;
+use hatch_server::{Server, ServerConfig};
+
+use crate::engine_setup::{EngineArgs, default_node_name, open_engine, require_root};
+use crate::local::{LocalAudit, LocalControlPlane, LocalExec};
+use crate::server::{certificate_names, client_url};
+
+/// Where the API server listens unless told otherwise (a free port when it is taken).
+const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
 
 #[derive(Args)]
 pub struct UpArgs {
-    /// Where hatch keeps images, containers and its state.
-    #[arg(long, default_value = "/var/lib/hatch", env = "HATCH_DATA_DIR")]
-    data_dir: PathBuf,
-    /// The Docker Engine API socket (default: DATA_DIR/docker.sock).
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The API server's HTTPS address (default 127.0.0.1:6443, or a free port when that is taken;
+    /// port 0 picks one). The kubeconfig names the real address.
     #[arg(long)]
-    docker_socket: Option<PathBuf>,
-    /// The static hatch-init binary mounted into containers as PID 1.
-    #[arg(long, env = "HATCH_INIT")]
-    init_binary: Option<PathBuf>,
-    /// The runc binary.
-    #[arg(long, default_value = "runc", env = "HATCH_RUNC")]
-    runc: PathBuf,
-    /// Container root filesystems: `overlay` (a copy where the kernel lacks overlayfs) or `copy`.
-    #[arg(long, default_value = "overlay", env = "HATCH_ROOTFS", value_parser = ["overlay", "copy"])]
-    rootfs: String,
+    listen: Option<SocketAddr>,
 }
 
-/// Finds hatch-init: beside this binary, or where `cargo build --target x86_64-unknown-linux-gnu`
-/// puts the static build relative to a target/<profile>/ directory.
-fn find_init_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locate the hatch binary")?;
-    let dir = exe.parent().context("hatch binary has no directory")?;
-    let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("release");
-    let candidates =
-        [dir.join("..").join("x86_64-unknown-linux-gnu").join(profile).join("hatch-init"), dir.join("hatch-init")];
-    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
-        format!(
-            "hatch-init not found (looked in {}); build it statically with ./scripts/build or pass --init-binary",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        )
-    })
-}
-
-/// A dynamically linked init would fail inside images without libc (busybox-static, scratch).
-fn check_static(path: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    if bytes.windows(b"/ld-linux".len()).any(|w| w == b"/ld-linux") {
-        anyhow::bail!(
-            "{} is dynamically linked; containers without libc could not start it. Build it with ./scripts/build",
-            path.display()
-        );
+async fn bind(listen: Option<SocketAddr>) -> anyhow::Result<TcpListener> {
+    if let Some(addr) = listen {
+        return TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"));
     }
-    Ok(())
-}
-
-fn resolve_runc(runc: &Path) -> anyhow::Result<PathBuf> {
-    if runc.components().count() > 1 {
-        return Ok(runc.to_path_buf());
+    match TcpListener::bind(DEFAULT_LISTEN).await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "{DEFAULT_LISTEN} is taken; the API server takes a free port");
+            TcpListener::bind("127.0.0.1:0").await.context("listen on 127.0.0.1")
+        }
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(runc))
-        .find(|p| p.is_file())
-        .with_context(|| format!("{} not found in PATH (install the Debian package `runc`)", runc.display()))
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    if !nix_is_root() {
-        anyhow::bail!("hatch up must run as root (it creates namespaces, mounts and cgroups)");
-    }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
-    let data_dir = args.data_dir.canonicalize()?;
-    let init_binary = match args.init_binary {
-        Some(p) => p,
-        None => find_init_binary()?,
-    };
-    let init_binary = init_binary.canonicalize().with_context(|| format!("hatch-init at {}", init_binary.display()))?;
-    check_static(&init_binary)?;
-    let runc = resolve_runc(&args.runc)?;
-    let docker_socket = args.docker_socket.unwrap_or_else(|| data_dir.join("docker.sock"));
-
-    let rootfs = if args.rootfs == "copy" { RootfsKind::Copy } else { RootfsKind::Overlay };
-    let engine = Engine::open(EngineConfig { data_dir: data_dir.clone(), runc, init_binary, rootfs }).await?;
-    engine.restore().await;
+    require_root("up")?;
+    let listener = bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let opened = open_engine(args.engine).await?;
+    let (engine, data_dir, docker_socket) = (opened.engine, opened.data_dir, opened.docker_socket);
     let demo = match hatch_node::demo::ensure_demo(&engine, &data_dir).await {
         Ok(demo) => demo,
         Err(e) => {
@@ -93,17 +59,45 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
 
+    let mut config = ServerConfig::new(data_dir.clone());
+    config.cert_names = certificate_names(&addr, &[]);
+    let server = Server::open(config).await?;
+    let node = default_node_name();
+    let streaming =
+        StreamingServer::new(engine.clone(), Some(Arc::new(LocalAudit { server: server.clone(), node: node.clone() })));
+    server.set_local_node(&node, Arc::new(LocalExec(streaming)));
+    let labels = BTreeMap::from([("node-role.kubernetes.io/control-plane".to_string(), String::new())]);
+    server.registry.register_node(&node, labels).await.map_err(|e| anyhow::anyhow!("register node {node}: {e}"))?;
+    let agent = Agent::new(
+        engine.clone(),
+        AgentConfig { name: node.clone(), streaming_address: String::new(), state_dir: data_dir.join("agent") },
+        Arc::new(LocalControlPlane { server: server.clone(), node: node.clone() }),
+    );
+    // The node is listed before anyone holds a kubeconfig.
+    agent.report_now().await.with_context(|| format!("first status of node {node}"))?;
+
     let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.clone().serve(listener, shutdown.clone()));
+    tokio::spawn(agent.clone().run(shutdown.clone()));
+    let kubeconfig = data_dir.join("kubeconfig");
+    let url = client_url(&addr);
+    server.write_admin_kubeconfig(&kubeconfig, &url)?;
     let docker = tokio::spawn(hatch_node::docker::serve(engine.clone(), docker_socket.clone(), shutdown.clone()));
 
     println!("hatch is up (data in {})", data_dir.display());
     println!();
     println!("  export DOCKER_HOST=unix://{}", docker_socket.display());
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!();
+    println!("API server: {url} (node {node:?}); other nodes join with:");
+    println!();
+    println!("  hatch node --server {url} --token {}", server.join_token());
     println!();
     if let Some(pod) = &demo {
         println!("A demo pod is running. Get a shell in it:");
         println!();
         println!("  docker exec -it {pod} sh");
+        println!("  kubectl exec -it {pod} -- sh");
         println!();
     }
     println!("Containers keep running when hatch stops; `hatch up` with the same --data-dir picks them up again.");
@@ -116,12 +110,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             result.context("docker API task")??;
             anyhow::bail!("the Docker API stopped unexpectedly");
         }
+        _ = serving => anyhow::bail!("the API server stopped unexpectedly"),
     }
     tracing::info!("shutting down");
     shutdown.cancel();
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
