@@ -279,6 +279,18 @@ async fn a_vanished_client_hangs_up_its_process() -> TestResult {
         let mut c = ws_connect(fx.addr, &exec_path(MAIN, &check, &["stdout"]), &[V5], "check").await?;
         c.finish().await?;
         assert_eq!(c.seen_text().0, "gone\n");
+
+        // A client that closes the WebSocket in order while the process runs: the same, and its
+        // close frame is answered.
+        let audit = audit_id("close-early");
+        let mut c = ws_connect(fx.addr, &exec_path(MAIN, &argv, &["stdout"]), &[V5], &audit).await?;
+        c.pump_until(|s| s.stdout.starts_with(b"started"), Duration::from_secs(20)).await?;
+        c.send_raw(Message::Close(None)).await?;
+        c.finish().await?;
+        assert_eq!(c.seen.close_code, Some(1005));
+        let s = fx.summary(&audit).await?;
+        assert!(s.error.as_deref().is_some_and(|e| e.contains("closed the session")), "{s:?}");
+        assert!(s.exit_code.is_some_and(|c| c > 128), "process not hung up: {s:?}");
         Ok(())
     })
     .await

@@ -121,9 +121,16 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: Subprotoco
             exec.finish(ending.exit_code(), error);
         }
         Outcome::Abandoned { end, exit_code } => {
-            if let ClientEnd::Protocol(why) = &end {
-                let reason: String = why.chars().take(100).collect();
-                let _ = tokio::time::timeout(ABORT_GRACE, out.close(CloseCode::Protocol, &reason)).await;
+            match &end {
+                ClientEnd::Protocol(why) => {
+                    let reason: String = why.chars().take(100).collect();
+                    let _ = tokio::time::timeout(ABORT_GRACE, out.close(CloseCode::Protocol, &reason)).await;
+                }
+                // tungstenite queued the reply to the client's close frame; send it.
+                ClientEnd::Closed => {
+                    let _ = tokio::time::timeout(ABORT_GRACE, out.tx.flush()).await;
+                }
+                ClientEnd::Gone(_) => {}
             }
             drop(out);
             exec.finish(exit_code, Some(end.describe()));
