@@ -1,6 +1,7 @@
 //! The `hatch` binary: wires the subcommands to the library crates.
 
 mod engine_setup;
+mod exec;
 mod image;
 mod kubeconfig;
 mod local;
@@ -29,6 +30,8 @@ enum Command {
     /// Manage bearer tokens (needs an admin kubeconfig).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Run a command in a pod's container (`-it` for a shell), like `docker exec` / `kubectl exec`.
+    Exec(exec::ExecArgs),
     /// Import and list images on the node.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -41,8 +44,17 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::Exec(args) = cli.command {
+        // The client needs no worker pool: one thread starts faster and keeps the keystroke path short.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let code = runtime.block_on(exec::run(args));
+        // Leave at once: stdin may still be held by a reader thread.
+        runtime.shutdown_background();
+        std::process::exit(code);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
+        Command::Exec(_) => Ok(()),
         Command::Up(args) => runtime.block_on(up::run(args)),
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Node(args) => runtime.block_on(node::run(args)),

@@ -96,8 +96,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(pod) = &demo {
         println!("A demo pod is running. Get a shell in it:");
         println!();
-        println!("  docker exec -it {pod} sh");
+        println!("  hatch exec -it {pod} -- sh");
         println!("  kubectl exec -it {pod} -- sh");
+        println!("  docker exec -it {pod} sh");
         println!();
     }
     println!("Containers keep running when hatch stops; `hatch up` with the same --data-dir picks them up again.");

@@ -76,9 +76,7 @@ impl From<EngineError> for ApiError {
             EngineError::NoSuchContainer(_)
             | EngineError::NoSuchExec(_)
             | EngineError::NoSuchImage(_)
-            | EngineError::NoSuchPod(_) => {
-                StatusCode::NOT_FOUND
-            }
+            | EngineError::NoSuchPod(_) => StatusCode::NOT_FOUND,
             EngineError::NotRunning(_) | EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::BadRequest(_) | EngineError::StartFailed(_) => StatusCode::BAD_REQUEST,
             EngineError::NotModified => StatusCode::NOT_MODIFIED,

@@ -93,6 +93,8 @@ pub struct Engine {
     runc: Runc,
     pub images: Arc<ImageStore>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
+    /// Bumped whenever a container is created, starts, stops or goes: the agent reports at once.
+    changes: watch::Sender<u64>,
     execs: Mutex<HashMap<String, Arc<ExecSession>>>,
     /// Capabilities the node itself holds; no container gets more.
     host_capabilities: u64,
@@ -194,6 +196,7 @@ impl Engine {
             rootfs_kind: config.rootfs,
             images: Arc::new(images),
             containers: RwLock::new(HashMap::new()),
+            changes: watch::channel(0).0,
             execs: Mutex::new(HashMap::new()),
             host_capabilities: host_capabilities(),
         });
@@ -241,6 +244,15 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Follows container changes (creations, starts, exits, removals): the value is a counter.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn socket_path(&self, id: &str) -> PathBuf {
@@ -365,6 +377,7 @@ impl Engine {
             std::fs::create_dir_all(&dir).map_err(|e| EngineError::internal("create container directory", e))?;
             c.save().map_err(|e| EngineError::internal("save container", e))?;
             map.insert(id, c.clone());
+            self.changed();
         }
         Ok(c)
     }
@@ -460,6 +473,7 @@ impl Engine {
                 }
                 let _ = c.save();
                 c.publish(false, false);
+                self.changed();
                 self.spawn_monitor(c, conn, output);
                 Ok(())
             }
@@ -488,6 +502,7 @@ impl Engine {
         let _ = c.save();
         // Counts as an exit: clients waiting for the start (stdin) or the next exit return.
         c.publish(true, false);
+        self.changed();
     }
 
     fn write_etc_files(&self, c: &Container, hostname: &str) -> Result<Vec<(PathBuf, String)>, EngineError> {
@@ -567,6 +582,7 @@ impl Engine {
         let _ = c.save();
         c.detach_all();
         c.publish(true, false);
+        self.changed();
         self.forget_execs(&c.id, false);
         if auto_remove && let Err(e) = self.remove(c, true).await {
             tracing::warn!(id = %c.id, error = %e, "auto-remove");
@@ -652,6 +668,7 @@ impl Engine {
         self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
         self.forget_execs(&c.id, true);
         c.publish(false, true);
+        self.changed();
         Ok(())
     }
 

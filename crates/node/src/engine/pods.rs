@@ -32,13 +32,9 @@ pub fn pod_identity(c: &Container) -> (String, String, String, String, bool) {
     let r = c.record();
     let labels = &r.spec.labels;
     match (labels.get(LABEL_POD_NAMESPACE), labels.get(LABEL_POD_NAME), labels.get(LABEL_CONTAINER_NAME)) {
-        (Some(ns), Some(pod), Some(name)) => (
-            ns.clone(),
-            pod.clone(),
-            name.clone(),
-            labels.get(LABEL_POD_UID).cloned().unwrap_or_default(),
-            false,
-        ),
+        (Some(ns), Some(pod), Some(name)) => {
+            (ns.clone(), pod.clone(), name.clone(), labels.get(LABEL_POD_UID).cloned().unwrap_or_default(), false)
+        }
         _ => (MIRROR_NAMESPACE.to_string(), r.name.clone(), r.name.clone(), String::new(), true),
     }
 }
@@ -79,10 +75,7 @@ impl Engine {
             None => view.containers.first(),
         };
         found.map(|(_, c)| c.clone()).ok_or_else(|| {
-            EngineError::BadRequest(format!(
-                "container {} is not valid for pod {pod}",
-                container.unwrap_or_default()
-            ))
+            EngineError::BadRequest(format!("container {} is not valid for pod {pod}", container.unwrap_or_default()))
         })
     }
 }
