@@ -276,3 +276,61 @@ async fn settings_and_window_updates_are_ignored() -> TestResult {
     })
     .await
 }
+
+fn open_fds() -> Result<usize, Error> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+}
+
+/// Sessions that end every way (normally, vanished, broken) leave no descriptor behind: sockets,
+/// pipes, terminals and init connections are all released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_leave_no_descriptors_behind() -> TestResult {
+    with_fixture(async |fx| {
+        let argv = ["sh", "-c", "echo started; exec sleep 1000"];
+        let streams = [StreamType::Error, StreamType::Stdin, StreamType::Stdout];
+        let round = async |i: u32| -> TestResult {
+            // Normal, over both transports.
+            let mut c = connect(fx, &exec_path(MAIN, &["echo", "hi"], &["stdout"]), &KUBECTL, "n").await?;
+            c.open(&[StreamType::Error, StreamType::Stdout]).await?;
+            c.finish().await?;
+            let path = exec_path(MAIN, &["sh"], &["stdin", "stdout", "tty"]);
+            let mut w = ws_connect(fx.addr, &path, &["v5.channel.k8s.io"], "n").await?;
+            w.stdin(b"exit 0\n").await?;
+            w.finish().await?;
+            // Vanished, over both transports.
+            let audit = format!("leak-spdy-{i}");
+            let mut c = connect(fx, &exec_path(MAIN, &argv, &["stdin", "stdout"]), &KUBECTL, &audit).await?;
+            c.open(&streams).await?;
+            c.pump_until(|s| s.stdout.starts_with(b"started"), Duration::from_secs(20)).await?;
+            drop(c);
+            fx.summary(&audit).await?;
+            let audit = format!("leak-ws-{i}");
+            let path = exec_path(MAIN, &argv, &["stdin", "stdout", "tty"]);
+            let mut w = ws_connect(fx.addr, &path, &["v5.channel.k8s.io"], &audit).await?;
+            w.pump_until(|s| s.stdout.starts_with(b"started"), Duration::from_secs(20)).await?;
+            w.vanish().await;
+            fx.summary(&audit).await?;
+            // Broken.
+            let audit = format!("leak-bad-{i}");
+            let mut c = connect(fx, &exec_path(MAIN, &argv, &["stdin", "stdout"]), &KUBECTL, &audit).await?;
+            c.open(&streams).await?;
+            c.pump_until(|s| s.stdout.starts_with(b"started"), Duration::from_secs(20)).await?;
+            c.write(&[0x80, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00]).await?;
+            c.pump_until(|s| s.ended, Duration::from_secs(10)).await?;
+            fx.summary(&audit).await?;
+            Ok(())
+        };
+        round(0).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = open_fds()?;
+        for i in 1..=5 {
+            round(i).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = open_fds()?;
+        eprintln!("open descriptors: {before} before 5 rounds, {after} after");
+        assert!(after <= before + 2, "descriptors grew from {before} to {after} over 5 rounds");
+        Ok(())
+    })
+    .await
+}
