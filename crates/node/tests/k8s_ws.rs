@@ -414,14 +414,14 @@ async fn hatch_extensions_user_env_workdir_detach() -> TestResult {
         assert_eq!(c.seen_text().0, "alice bar /tmp\n");
 
         // Detached: the answer comes at once, the process runs on.
-        let argv = ["sh", "-c", "sleep 1; echo later > /tmp/detached"];
+        let argv = ["sh", "-c", "sleep 3; echo later > /tmp/d.tmp; mv /tmp/d.tmp /tmp/detached"];
         let started = Instant::now();
         let mut c = ws_connect(fx.addr, &exec_path(MAIN, &argv, &["detach"]), &[V5], "detach").await?;
         c.finish().await?;
         assert_eq!(outcome(&c), ExecOutcome::Exit(0));
-        assert!(started.elapsed() < Duration::from_secs(1));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let argv = ["cat", "/tmp/detached"];
+        assert!(started.elapsed() < Duration::from_millis(2500), "waited for a detached process");
+        let argv =
+            ["sh", "-c", "for i in $(seq 100); do test -e /tmp/detached && break; sleep 0.1; done; cat /tmp/detached"];
         let mut c = ws_connect(fx.addr, &exec_path(MAIN, &argv, &["stdout"]), &[V5], "detached-check").await?;
         c.finish().await?;
         assert_eq!(c.seen_text().0, "later\n");
