@@ -20,8 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = os.environ.get("HATCH_PROFILE", "debug")
-HATCH = ROOT / "target" / PROFILE / "hatch"
-HATCH_INIT = ROOT / "target" / "x86_64-unknown-linux-gnu" / PROFILE / "hatch-init"
+# HATCH_TARGET_DIR: use binaries from another cargo target dir (default: ROOT/target).
+TARGET = Path(os.environ.get("HATCH_TARGET_DIR", ROOT / "target"))
+HATCH = TARGET / PROFILE / "hatch"
+HATCH_INIT = TARGET / "x86_64-unknown-linux-gnu" / PROFILE / "hatch-init"
 BUSYBOX = Path("/bin/busybox")
 
 
