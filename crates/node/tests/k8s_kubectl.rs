@@ -202,7 +202,7 @@ async fn kubectl_1_27_to_1_33_exec() -> TestResult {
 
                 // -it needs a terminal: script(1) gives kubectl one.
                 let line = format!(
-                    "{} --cache-dir {} exec -it {POD} -c {MAIN} -- sh -c 'tty; stty size; exit 7'",
+                    "stty rows 45 cols 123; {} --cache-dir {} exec -it {POD} -c {MAIN} -- sh -c 'tty; stty size; exit 7'",
                     bin.display(),
                     home.path().join("cache").display()
                 );
@@ -213,6 +213,8 @@ async fn kubectl_1_27_to_1_33_exec() -> TestResult {
                     let out = String::from_utf8_lossy(&r.stdout);
                     assert_eq!(r.code, Some(7), "{what} -it: {out} {}", r.stderr);
                     assert!(out.contains("/dev/pts/"), "{what} -it: {out}");
+                    // The terminal had kubectl's size from the start, not 24x80 and a resize.
+                    assert!(out.contains("45 123"), "{what} -it: {out}");
                 }
 
                 let r = k(&["exec", POD, "-c", IDLE, "--", "true"], b"").await?;

@@ -89,6 +89,14 @@ async fn tty_follows_resizes() -> TestResult {
         c.stdin(b"exit 4\n").await?;
         c.finish().await?;
         assert_eq!(c.outcome(), ExecOutcome::Exit(4));
+
+        // The client's first size is the terminal's size from the start.
+        let path = exec_path(MAIN, &["stty", "size"], &["stdin", "stdout", "tty"]);
+        let mut c = connect(fx, &path, &KUBECTL, "tty-initial").await?;
+        c.open(&[StreamType::Error, StreamType::Stdin, StreamType::Stdout, StreamType::Resize]).await?;
+        c.resize(132, 43).await?;
+        c.finish().await?;
+        assert_eq!(c.seen.stdout, b"43 132\r\n");
         Ok(())
     })
     .await

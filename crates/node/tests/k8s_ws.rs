@@ -169,6 +169,13 @@ async fn tty_follows_resizes() -> TestResult {
         assert_eq!(outcome(&c), ExecOutcome::Exit(5));
         assert!(c.seen.stderr.is_empty());
         assert_eq!(c.seen.close_code, Some(1000));
+
+        // The client's first size is the terminal's size from the start.
+        let path = exec_path(MAIN, &["stty", "size"], &["stdin", "stdout", "tty"]);
+        let mut c = ws_connect(fx.addr, &path, &[V5], "tty-initial").await?;
+        c.resize(132, 43).await?;
+        c.finish().await?;
+        assert_eq!(c.seen_text().0, "43 132\r\n");
         Ok(())
     })
     .await

@@ -83,6 +83,11 @@ impl ExecSession {
         *slot = pty;
     }
 
+    /// The last size asked for through [`ExecSession::resize`], if any.
+    pub fn requested_size(&self) -> Option<(u16, u16)> {
+        *self.pending_size.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Resizes the terminal now, or when it appears.
     pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
         let slot = self.pty.lock().unwrap_or_else(|p| p.into_inner());

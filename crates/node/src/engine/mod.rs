@@ -790,7 +790,8 @@ impl Engine {
         for e in &s.env {
             set_env(&mut env, e);
         }
-        let (rows, cols) = s.console_size.unwrap_or((24, 80));
+        // A size asked for before the start (the k8s resize channel) is the terminal's first size.
+        let (rows, cols) = session.requested_size().or(s.console_size).unwrap_or((24, 80));
         let spec = ProcessSpec {
             args: s.cmd.clone(),
             env,

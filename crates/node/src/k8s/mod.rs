@@ -88,7 +88,7 @@ pub struct ExecSummary {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StreamingError {
+enum ConnectionError {
     #[error("tls handshake: {0}")]
     Tls(std::io::Error),
     #[error("tls handshake timed out")]
@@ -310,8 +310,8 @@ impl StreamingServer {
                     None => server.serve_connection(TokioIo::new(stream)).await,
                     Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => server.serve_connection(TokioIo::new(tls)).await,
-                        Ok(Err(e)) => Err(StreamingError::Tls(e)),
-                        Err(_) => Err(StreamingError::TlsTimeout),
+                        Ok(Err(e)) => Err(ConnectionError::Tls(e)),
+                        Err(_) => Err(ConnectionError::TlsTimeout),
                     },
                 };
                 if let Err(e) = result {
@@ -321,7 +321,7 @@ impl StreamingServer {
         }
     }
 
-    async fn serve_connection<I>(self: Arc<Self>, io: I) -> Result<(), StreamingError>
+    async fn serve_connection<I>(self: Arc<Self>, io: I) -> Result<(), ConnectionError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {

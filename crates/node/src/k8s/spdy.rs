@@ -42,6 +42,8 @@ const CONTROL_QUEUE: usize = 64;
 /// Output buffers (each up to one engine read, 256 KiB) waiting for the socket.
 const DATA_QUEUE: usize = 4;
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a terminal session waits for the client's first size before starting anyway.
+const TTY_CUE_WAIT: Duration = Duration::from_millis(500);
 /// How long a GOAWAY for a misbehaving client may take to go out.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
@@ -158,6 +160,7 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: StreamProt
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let mut writer = tokio::spawn(write_frames(wr, control_rx, data_rx));
     let (ready_tx, ready_rx) = oneshot::channel();
+    let (sized_tx, sized_rx) = oneshot::channel();
     let (stdin, stdin_rx) = StdinFeed::new(exec.opts.stdin);
     let reader = Reader {
         codec,
@@ -167,6 +170,7 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: StreamProt
         opened: 0,
         last_id: 0,
         ready: Some(ready_tx),
+        sized: Some(sized_tx),
         stdin,
         resizer: Resizer::new(exec.session.clone()),
     };
@@ -205,6 +209,12 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: StreamProt
         if out.queue(fin).await.is_ok() {
             out.stdin_finished = true;
         }
+    }
+
+    if exec.opts.tty && streams.resize.is_some() {
+        // kubectl sends the terminal's size right after its streams exist: starting on it gives
+        // the process its real size from the first byte (`stty size`, a full-screen editor).
+        let _ = tokio::time::timeout(TTY_CUE_WAIT, sized_rx).await;
     }
 
     match exec.execute(&mut out, &mut client, stdin_rx).await {
@@ -296,6 +306,8 @@ struct Reader {
     opened: usize,
     last_id: u32,
     ready: Option<oneshot::Sender<Streams>>,
+    /// Fired by the first resize data.
+    sized: Option<oneshot::Sender<()>>,
     stdin: StdinFeed,
     resizer: Resizer,
 }
@@ -334,7 +346,12 @@ impl Reader {
                         self.stdin.close();
                     }
                 }
-                Some(StreamType::Resize) => self.resizer.push(&data),
+                Some(StreamType::Resize) => {
+                    self.resizer.push(&data);
+                    if let Some(sized) = self.sized.take() {
+                        let _ = sized.send(());
+                    }
+                }
                 // Output streams carry nothing from the client; unknown streams are ignored.
                 _ => {}
             },

@@ -15,6 +15,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -31,6 +32,8 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 /// Largest client message or frame accepted. kubectl sends at most 32 KiB + 1; other clients
 /// (the Python one) send a whole `write_stdin` call as one message.
 const MAX_MESSAGE: usize = 4 << 20;
+/// How long a terminal session waits for the client's first size before starting anyway.
+const TTY_CUE_WAIT: Duration = Duration::from_millis(500);
 /// How long a close frame for a misbehaving client may take to go out.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,7 +87,16 @@ pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: Subprotoco
     }
 
     let (feed, stdin_rx) = StdinFeed::new(exec.opts.stdin);
-    let mut client = tokio::spawn(read_client(rx, protocol, feed, Resizer::new(exec.session.clone())));
+    let (sized_tx, sized_rx) = oneshot::channel();
+    let reader = read_client(rx, protocol, feed, Resizer::new(exec.session.clone()), sized_tx);
+    let mut client = tokio::spawn(reader);
+    if exec.opts.tty {
+        // kubectl before 1.34 reads messages before its local streams exist and drops what
+        // arrives too early (kubernetes#131203); a terminal answers at once (a prompt, `tty`).
+        // Its initial size, sent once its streams are ready, is the cue to start, and gives the
+        // terminal its real size from the first byte. A client that sends none waits a moment.
+        let _ = tokio::time::timeout(TTY_CUE_WAIT, sized_rx).await;
+    }
 
     match exec.execute(&mut out, &mut client, stdin_rx).await {
         Outcome::Report(ending) => {
@@ -144,7 +156,9 @@ async fn read_client(
     protocol: Subprotocol,
     mut stdin: StdinFeed,
     mut resizer: Resizer,
+    sized: oneshot::Sender<()>,
 ) -> ClientEnd {
+    let mut sized = Some(sized);
     while let Some(message) = rx.next().await {
         let payload: Bytes = match message {
             Ok(Message::Binary(b)) => b,
@@ -165,7 +179,12 @@ async fn read_client(
                 };
                 stdin.send(data).await;
             }
-            Ok(Some(ClientMessage::Data { channel: channel::RESIZE, payload: data })) => resizer.push(&data),
+            Ok(Some(ClientMessage::Data { channel: channel::RESIZE, payload: data })) => {
+                resizer.push(&data);
+                if let Some(sized) = sized.take() {
+                    let _ = sized.send(());
+                }
+            }
             // Channels nobody reads here: dropped, as the kubelet drops them.
             Ok(Some(ClientMessage::Data { .. })) => {}
             Ok(Some(ClientMessage::Close { channel: channel::STDIN })) => stdin.close(),
