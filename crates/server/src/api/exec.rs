@@ -1,5 +1,7 @@
 //! `pods/exec` (GET for WebSocket, POST for SPDY): authenticate (done by the caller), authorize,
 //! audit, find the pod's node, then hand the upgrade to the node unchanged apart from the path.
+//! The start record is fsync'ed while the node prepares; the answer (a 101 included) reaches the
+//! client only once the record is on disk, and not at all if it cannot be written.
 //!
 //! The local node (`hatch up`) gets the client's own request, so the upgrade is the client's
 //! connection and nothing is re-framed. A remote node is dialled over mutual TLS on a fresh
@@ -115,7 +117,7 @@ pub(crate) async fn exec(
     if let Err(why) = authorize(&identity, &action) {
         record.reason = Some(why.clone());
         record.start = Some(record.time.clone());
-        if let Err(e) = server.audit.start(record).await {
+        if let Err(e) = server.audit.start(record).wait().await {
             tracing::error!(error = %e, "audit log");
         }
         tracing::info!(user = %identity.user(), %namespace, pod = %pod_name, "exec denied");
@@ -134,11 +136,9 @@ pub(crate) async fn exec(
     record.container = target.container.clone();
     record.node = target.node.name.clone();
 
-    // The record is on disk before anything runs; without an audit log, nothing runs.
-    if let Err(e) = server.audit.start(record.clone()).await {
-        tracing::error!(error = %e, "audit log unavailable; refusing exec");
-        return status_response(&Status::internal_error(&format!("audit log unavailable: {e}")));
-    }
+    let resolved = started.elapsed();
+    // The start record goes to disk while the node prepares; the answer waits for it below.
+    let durable = server.audit.start(record.clone());
 
     let path_and_query = exec_path(namespace, pod_name, &target.container, &query);
     let response = match server.local_node(&target.node.name) {
@@ -156,9 +156,21 @@ pub(crate) async fn exec(
             Err(status) => return finish_refused(server, &record, status).await,
         },
     };
+    let forwarded = started.elapsed();
+    // Nothing of the session reaches the client before its start record is on disk. (Dropping
+    // a 101 here means the upgrade never happens: the node's process never gets the client.)
+    if let Err(e) = durable.wait().await {
+        tracing::error!(error = %e, "audit log unavailable; refusing exec");
+        let mut resp = status_response(&Status::internal_error(&format!("audit log unavailable: {e}")));
+        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     tracing::debug!(
         audit_id = %record.audit_id, node = %record.node, status = response.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64, "exec forwarded"
+        resolve_us = resolved.as_micros() as u64,
+        forward_us = (forwarded - resolved).as_micros() as u64,
+        audit_wait_us = (started.elapsed() - forwarded).as_micros() as u64,
+        "exec forwarded"
     );
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return response;
@@ -279,7 +291,7 @@ fn prepare_headers(headers: &mut http::HeaderMap, audit_id: &str) {
 }
 
 async fn refuse(server: &Arc<Server>, record: ExecRecord, status: Status) -> Response<Body> {
-    if let Err(e) = server.audit.start(record.clone()).await {
+    if let Err(e) = server.audit.start(record.clone()).wait().await {
         tracing::error!(error = %e, "audit log");
     }
     finish_refused(server, &record, status).await
