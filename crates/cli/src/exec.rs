@@ -104,11 +104,14 @@ pub async fn exec(cluster: &Cluster, mut req: ExecRequest) -> Result<i32, ExecEr
         let value = http::HeaderValue::from_str(&auth).map_err(|e| ExecError::Protocol(e.to_string()))?;
         headers.insert(http::header::AUTHORIZATION, value);
     }
+    let began = std::time::Instant::now();
     let stream = cluster.connect().await?;
+    tracing::debug!(tls_us = began.elapsed().as_micros() as u64, "connected");
     let config = WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
     let (ws, response) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| handshake_error(e, &req.pod))?;
+    tracing::debug!(upgraded_us = began.elapsed().as_micros() as u64, "upgraded");
     let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
     if chosen != Subprotocol::V5.name() {
         return Err(ExecError::Protocol(format!(
@@ -119,6 +122,7 @@ pub async fn exec(cluster: &Cluster, mut req: ExecRequest) -> Result<i32, ExecEr
 
     let raw = if req.tty { Some(terminal::RawMode::enable(std::io::stdin().as_fd())?) } else { None };
     let result = session(ws, &req).await;
+    tracing::debug!(done_us = began.elapsed().as_micros() as u64, "session over");
     drop(raw);
     result
 }
