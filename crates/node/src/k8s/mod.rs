@@ -4,9 +4,9 @@
 //! (plus hatch's `user`, `privileged`, `env`, `workdir`, `detach`), upgraded to
 //!
 //! * **WebSocket** (`v5.channel.k8s.io`, `v4.channel.k8s.io`, `v4.base64.channel.k8s.io`,
-//!   `channel.k8s.io`, `base64.channel.k8s.io`): see [`ws`];
+//!   `channel.k8s.io`, `base64.channel.k8s.io`): see `ws.rs`;
 //! * **SPDY/3.1** (`X-Stream-Protocol-Version` v4…v1; v5 offered first is served as v4, like the
-//!   kubelet): see [`spdy`].
+//!   kubelet): see `spdy.rs`.
 //!
 //! Everything that can be refused is refused before the upgrade, with a `metav1.Status` body
 //! kubectl prints (unknown pod 404, bad container or query 400, container not running 400,
