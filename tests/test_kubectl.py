@@ -18,9 +18,12 @@ import time
 import hashlib
 from pathlib import Path
 
+import http.client
+import ssl
+import urllib.parse
+
 import pexpect
 import pytest
-import requests
 import yaml
 
 from conftest import HATCH, HATCH_INIT, run, short_tmpdir
@@ -409,14 +412,38 @@ def test_missing_or_bad_credentials_get_401(kubectl, kube):
     bad = kubectl("--token", "not-a-token", "exec", "box", "--", "true")
     assert bad.returncode == 1 and "Unauthorized" in bad.stderr, bad.stderr
     # Without any credentials kubectl would prompt for a password; ask as a plain client does.
-    ca = str(kube.data_dir / "pki" / "ca.crt")
     for path in ["/api/v1/pods", "/api", "/api/v1/namespaces/default/pods/box/exec?command=id&stdout=true"]:
-        r = requests.get(f"{api_url(kube)}{path}", verify=ca, timeout=10)
+        r = https(kube, "GET", path)
         assert r.status_code == 401, (path, r.status_code)
         assert (r.json()["kind"], r.json()["reason"]) == ("Status", "Unauthorized")
-    assert requests.get(f"{api_url(kube)}/version", verify=ca, timeout=10).json()["minor"] in [
-        str(m) for m in range(27, 34)
-    ]
+    assert https(kube, "GET", "/version").json()["minor"] in [str(m) for m in range(27, 34)]
+
+
+class Answer:
+    def __init__(self, status, body):
+        self.status_code, self.text = status, body.decode(errors="replace")
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def https(kube, method, path, headers=None, body=None, cert=None):
+    """One request to the API server, trusting only the cluster CA (stdlib only)."""
+    context = ssl.create_default_context(cafile=str(kube.data_dir / "pki" / "ca.crt"))
+    if cert:
+        context.load_cert_chain(*cert)
+    url = urllib.parse.urlsplit(api_url(kube))
+    conn = http.client.HTTPSConnection(url.hostname, url.port, context=context, timeout=10)
+    headers = dict(headers or {})
+    if body is not None:
+        body = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return Answer(resp.status, resp.read())
+    finally:
+        conn.close()
 
 
 def api_url(kube):
@@ -426,17 +453,16 @@ def api_url(kube):
 
 def test_exec_upgrades_are_refused_to_viewers_on_both_methods(kube, box, view_token):
     """Raw requests, as a browser or another client would send them."""
-    ca = str(kube.data_dir / "pki" / "ca.crt")
-    url = f"{api_url(kube)}/api/v1/namespaces/default/pods/{box}/exec?command=id&stdout=true"
+    path = f"/api/v1/namespaces/default/pods/{box}/exec?command=id&stdout=true"
     ws = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Protocol": "v5.channel.k8s.io"}
     spdy = {"Connection": "Upgrade", "Upgrade": "SPDY/3.1", "X-Stream-Protocol-Version": "v4.channel.k8s.io"}
     for method, headers in [("GET", ws), ("POST", spdy)]:
-        r = requests.request(method, url, headers={**headers, "Authorization": f"Bearer {view_token}"}, verify=ca)
+        r = https(kube, method, path, headers={**headers, "Authorization": f"Bearer {view_token}"})
         assert r.status_code == 403, (method, r.status_code, r.text)
         body = r.json()
         assert (body["kind"], body["apiVersion"], body["reason"], body["code"]) == ("Status", "v1", "Forbidden", 403)
-        r = requests.request(method, url, headers=headers, verify=ca)
+        r = https(kube, method, path, headers=headers)
         assert r.status_code == 401 and r.json()["kind"] == "Status", (method, r.text)
 
 
@@ -459,31 +485,16 @@ class GhostNode:
     """A node that joins with the join token and a CSR, reports one pod, and then goes silent."""
 
     def __init__(self, kube, tmp):
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
         self.kube, self.name = kube, "ghost"
-        self.ca = str(kube.data_dir / "pki" / "ca.crt")
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"node:{self.name}")]))
-            .sign(key, hashes.SHA256())
-        )
+        self.key, csr = tmp / "ghost.key", tmp / "ghost.csr"
+        run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(self.key), "-out", str(csr), "-subj", f"/CN=node:{self.name}"], check=True)
         token = (kube.data_dir / "join-token").read_text().strip()
-        r = requests.post(
-            f"{api_url(kube)}/hatch/v1/nodes/join",
-            json={"name": self.name, "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-                  "streamingAddress": "127.0.0.1:9"},
-            headers={"Authorization": f"Bearer {token}"}, verify=self.ca, timeout=10,
-        )
+        r = https(kube, "POST", "/hatch/v1/nodes/join", headers={"Authorization": f"Bearer {token}"},
+                  body={"name": self.name, "csr": csr.read_text(), "streamingAddress": "127.0.0.1:9"})
         assert r.status_code == 200, r.text
-        self.cert, self.key = tmp / "ghost.crt", tmp / "ghost.key"
+        self.cert = tmp / "ghost.crt"
         self.cert.write_text(r.json()["certificate"])
-        self.key.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
     def report(self):
         status = {
@@ -491,12 +502,11 @@ class GhostNode:
             "pods": [{"namespace": "default", "name": "ghost-pod", "mirror": True,
                       "containers": [{"name": "ghost-pod", "image": "bb", "state": "running"}]}],
         }
-        r = requests.put(f"{api_url(self.kube)}/hatch/v1/nodes/{self.name}/status", json=status,
-                         cert=(str(self.cert), str(self.key)), verify=self.ca, timeout=10)
+        mtls = (str(self.cert), str(self.key))
+        r = https(self.kube, "PUT", f"/hatch/v1/nodes/{self.name}/status", body=status, cert=mtls)
         assert r.status_code == 200, r.text
         # A node speaks only for itself.
-        r = requests.put(f"{api_url(self.kube)}/hatch/v1/nodes/other/status", json=status,
-                         cert=(str(self.cert), str(self.key)), verify=self.ca, timeout=10)
+        r = https(self.kube, "PUT", "/hatch/v1/nodes/other/status", body=status, cert=mtls)
         assert r.status_code == 403, r.text
 
 
