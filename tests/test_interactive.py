@@ -31,7 +31,9 @@ def local_shell(hatch, tmp_path):
     the terminal modes are what they were before the client ran."""
     env = dict(hatch.env, HOME=str(tmp_path), PS1=PROMPT, TERM="xterm")
     env.pop("PROMPT_COMMAND", None)
-    shell = pexpect.spawn("bash", ["--norc", "--noprofile"], env=env, encoding="utf-8", timeout=30, dimensions=(24, 80))
+    shell = pexpect.spawn(
+        "bash", ["--norc", "--noprofile"], env=env, encoding="utf-8", timeout=30, dimensions=(24, 80), cwd=str(tmp_path)
+    )
     shell.expect_exact(PROMPT)
     shell.sendline("stty -g > modes.before")
     shell.expect_exact(PROMPT)
@@ -58,7 +60,7 @@ def wait_for_pod(hatch, name):
 def test_interactive_session(hatch, container, local_shell, client, tmp_path):
     wait_for_pod(hatch, container)
     sh = local_shell
-    sh.sendline(f"cd {tmp_path}; " + " ".join(clients(container)[client]) + "; echo LOCAL-EXIT=$?")
+    sh.sendline(" ".join(clients(container)[client]) + "; echo LOCAL-EXIT=$?")
     # The remote shell's prompt.
     sh.expect(r"[#\$] ")
     # Typed characters come back (remote echo), and the command runs.
