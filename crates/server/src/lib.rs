@@ -7,6 +7,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod contract;
+pub mod dialer;
 pub mod error;
 pub mod k8s;
 pub mod pki;

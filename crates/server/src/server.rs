@@ -21,6 +21,7 @@ use crate::api::{self, Body};
 use crate::audit::{AuditError, AuditLog};
 use crate::auth::{Identity, Role, TokenError, Tokens, random_secret};
 use crate::contract::{DesiredPods, ExecEnd, NodeStatusReport};
+use crate::dialer::NodeDialer;
 use crate::error::ApiError;
 use crate::pki::{Pki, PkiError, common_name, write_file};
 use crate::registry::Registry;
@@ -85,7 +86,7 @@ pub struct Server {
     pub tokens: Tokens,
     pub audit: AuditLog,
     tls: Arc<rustls::ServerConfig>,
-    pub(crate) node_tls: Arc<rustls::ClientConfig>,
+    pub(crate) dialer: Arc<NodeDialer>,
     local: RwLock<Option<(String, Arc<dyn LocalNode>)>>,
     admin_token: String,
     join_token: String,
@@ -131,7 +132,7 @@ impl Server {
         tokens.register(&join_token, "node-join", Role::Join).await?;
         let audit = AuditLog::open(&data_dir.join("audit.log"))?;
         let tls = tls::server_config(&pki)?;
-        let node_tls = tls::node_dial_config(&pki)?;
+        let dialer = NodeDialer::new(tls::node_dial_config(&pki)?);
         Ok(Arc::new(Server {
             config,
             pki,
@@ -140,7 +141,7 @@ impl Server {
             tokens,
             audit,
             tls,
-            node_tls,
+            dialer,
             local: RwLock::new(None),
             admin_token,
             join_token,

@@ -225,3 +225,71 @@ async fn an_unreachable_node_fails_fast_with_a_status() {
     assert!(body.contains(r#""kind":"Status""#) && body.contains("error dialing node"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// Points node `fake` at a new fake node that answers every exec with a 400 naming the connection
+/// it came on (`conn-<n>`, counted from 0), and closes connection `close_unused` once accepted.
+async fn serve_refusals(f: &Fixture, close_unused: usize) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let report = NodeStatusReport {
+        ready: true,
+        streaming_address: listener.local_addr().unwrap().to_string(),
+        pods: vec![PodReport {
+            namespace: "default".into(),
+            name: "p".into(),
+            mirror: true,
+            containers: vec![ContainerReport { name: "p".into(), state: "running".into(), ..Default::default() }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    f.server.node_status("fake", report).await.unwrap();
+    let tls = f.backend_tls.clone();
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await else { return };
+                if n == close_unused {
+                    return;
+                }
+                let head = read_head(&mut conn).await;
+                assert!(head.starts_with("POST /exec/default/p/p?"), "{head}");
+                let body = format!(
+                    r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","message":"conn-{n}","code":400}}"#
+                );
+                let answer = format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.flush().await;
+                let mut rest = Vec::new();
+                let _ = conn.read_to_end(&mut rest).await;
+                assert!(rest.is_empty(), "a second request on one connection");
+            });
+        }
+    });
+}
+
+/// Runs an exec that the fake node refuses; returns the connection it was served on.
+async fn refused_on(f: &Fixture) -> usize {
+    let mut c = client(f).await;
+    c.write_all(exec_request(f.server.admin_token()).as_bytes()).await.unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest)).await.unwrap().ok();
+    let body = String::from_utf8_lossy(&rest).to_string();
+    let n = body.split("conn-").nth(1).and_then(|r| r.split('"').next()).unwrap_or_else(|| panic!("{body}"));
+    n.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_dialled_connections_carry_one_exec_and_dead_ones_are_replaced() {
+    let f = fixture().await;
+    // Connection 2, dialled ahead for the third exec, is closed by the node before that exec comes.
+    serve_refusals(&f, 2).await;
+    assert_eq!(refused_on(&f).await, 0, "the first exec dials");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(refused_on(&f).await, 1, "the second exec takes the connection dialled ahead");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(refused_on(&f).await > 2, "the third exec does not fail on the dead connection");
+}

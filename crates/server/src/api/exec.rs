@@ -20,10 +20,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
 use time::OffsetDateTime;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::{Body, full, status_response};
 use crate::audit::ExecRecord;
@@ -36,7 +33,6 @@ use crate::server::Server;
 
 /// The header carrying the audit id to the node; the node's end record names it.
 pub const AUDIT_ID_HEADER: &str = "hatch-audit-id";
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKEND_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest error body relayed from a node.
 const MAX_RELAYED_BODY: usize = 64 * 1024;
@@ -322,49 +318,25 @@ async fn forward_remote(
     if address.is_empty() {
         return Err(unavailable(format!("node {:?} has no streaming address", node.name)));
     }
-    let tcp = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&address)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(unavailable(format!("error dialing node {:?} at {address}: {e}", node.name))),
-        Err(_) => return Err(unavailable(format!("error dialing node {:?} at {address}: timed out", node.name))),
-    };
-    let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(node.name.clone())
-        .map_err(|e| Status::internal_error(&format!("node name {:?}: {e}", node.name)))?;
-    let tls = match tokio::time::timeout(DIAL_TIMEOUT, TlsConnector::from(server.node_tls.clone()).connect(name, tcp))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(unavailable(format!("tls with node {:?} at {address}: {e}", node.name))),
-        Err(_) => return Err(unavailable(format!("tls with node {:?} at {address}: timed out", node.name))),
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
-        .await
-        .map_err(|e| unavailable(format!("http with node {:?}: {e}", node.name)))?;
-    let connection = tokio::spawn(conn.with_upgrades());
-
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let mut forwarded = Request::builder().method(req.method().clone()).uri(path_and_query);
-    if let Some(headers) = forwarded.headers_mut() {
-        *headers = req.headers().clone();
-        prepare_headers(headers, audit_id);
-        if let Ok(host) = HeaderValue::from_str(&address) {
-            headers.insert(HOST, host);
+    let forwarded = || {
+        let mut forwarded = Request::builder().method(req.method().clone()).uri(path_and_query);
+        if let Some(headers) = forwarded.headers_mut() {
+            *headers = req.headers().clone();
+            prepare_headers(headers, audit_id);
+            if let Ok(host) = HeaderValue::from_str(&address) {
+                headers.insert(HOST, host);
+            }
         }
-    }
-    let forwarded = forwarded.body(Empty::new()).map_err(|e| Status::internal_error(&e.to_string()))?;
-    let answer = match tokio::time::timeout(BACKEND_ANSWER_TIMEOUT, sender.send_request(forwarded)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            connection.abort();
-            return Err(unavailable(format!("node {:?} dropped the exec: {e}", node.name)));
-        }
-        Err(_) => {
-            connection.abort();
-            return Err(unavailable(format!("node {:?} did not answer the exec in time", node.name)));
-        }
+        forwarded.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())
     };
-    // One request per backend connection, whatever happens next.
-    drop(sender);
+    // A pre-dialled connection may have been closed by the node meanwhile: then dial afresh.
+    let internal = |e: String| Status::internal_error(&e);
+    let (mut answer, connection) = match send_once(server, node, forwarded().map_err(internal)?, true).await {
+        Ok(sent) => sent,
+        Err((true, _)) => send_once(server, node, forwarded().map_err(internal)?, false).await.map_err(|(_, s)| s)?,
+        Err((false, status)) => return Err(status),
+    };
 
     if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = answer.into_parts();
@@ -385,7 +357,8 @@ async fn forward_remote(
     if let Some(headers) = to_client.headers_mut() {
         *headers = answer.headers().clone();
     }
-    let backend_upgrade = hyper::upgrade::on(answer);
+    let backend_upgrade = hyper::upgrade::on(&mut answer);
+    drop(connection);
     let node_name = node.name.clone();
     tokio::spawn(async move {
         let (client, backend) = match tokio::join!(client_upgrade, backend_upgrade) {
@@ -402,6 +375,46 @@ async fn forward_remote(
         }
     });
     to_client.body(super::empty()).map_err(|e| Status::internal_error(&e.to_string()))
+}
+
+/// Sends the upgrade request on a connection of its own (a warm one when `warm` and one is ready).
+/// The error says whether it is worth one more try on a fresh connection.
+async fn send_once(
+    server: &Arc<Server>,
+    node: &NodeRecord,
+    request: Request<Empty<Bytes>>,
+    warm: bool,
+) -> Result<(Response<Incoming>, tokio::task::JoinHandle<()>), (bool, Status)> {
+    let unavailable = |what: String| Status::failure(Reason::ServiceUnavailable, what);
+    let address = &node.report.streaming_address;
+    let (tls, was_warm) = if warm {
+        server.dialer.connect(&node.name, address).await
+    } else {
+        server.dialer.dial(&node.name, address).await.map(|c| (c, false))
+    }
+    .map_err(|e| (false, unavailable(e.to_string())))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .await
+        .map_err(|e| (was_warm, unavailable(format!("http with node {:?}: {e}", node.name))))?;
+    let connection = tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "node connection");
+        }
+    });
+    let answer = match tokio::time::timeout(BACKEND_ANSWER_TIMEOUT, sender.send_request(request)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            connection.abort();
+            return Err((was_warm, unavailable(format!("node {:?} dropped the exec: {e}", node.name))));
+        }
+        Err(_) => {
+            connection.abort();
+            return Err((false, unavailable(format!("node {:?} did not answer the exec in time", node.name))));
+        }
+    };
+    // One request per backend connection, whatever happens next.
+    drop(sender);
+    Ok((answer, connection))
 }
 
 #[cfg(test)]
