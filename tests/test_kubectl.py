@@ -330,9 +330,13 @@ def test_exec_tty_with_resize(kubectl, box):
             child.expect(r"/dev/pts/\d+")
             child.expect(r"30 100")
             child.setwinsize(40, 120)  # SIGWINCH to kubectl, which sends a resize
-            time.sleep(0.5)
-            child.sendline("stty size")
-            child.expect(r"40 120")
+            for attempt in range(20):
+                child.sendline("stty size")
+                if child.expect([r"40 120", r"30 100"]) == 0:
+                    break
+                time.sleep(0.25)
+            else:
+                raise AssertionError(f"{label}: the resize never arrived")
             child.sendline("exit 5")
             child.expect(pexpect.EOF)
         finally:
