@@ -7,5 +7,7 @@ pub mod docker_socket;
 pub mod exec;
 pub mod image;
 pub mod kubeconfig;
+pub mod pods;
 pub mod table;
 pub mod terminal;
+pub mod token;

@@ -1,9 +1,9 @@
 //! The `hatch` binary: wires the subcommands to the library crates.
 
+mod cluster_verbs;
 mod engine_setup;
 mod exec;
 mod image;
-mod kubeconfig;
 mod local;
 mod node;
 mod server;
@@ -32,12 +32,29 @@ enum Command {
     Token(token::TokenCommand),
     /// Run a command in a pod's container (`-it` for a shell), like `docker exec` / `kubectl exec`.
     Exec(exec::ExecArgs),
+    /// Create a one-container pod from an image.
+    Run(cluster_verbs::RunArgs),
+    /// List pods (every namespace unless -n).
+    Ps(cluster_verbs::ListArgs),
+    /// Delete pods.
+    Rm(cluster_verbs::RmArgs),
+    /// List pods or nodes, as `kubectl get` does.
+    #[command(subcommand)]
+    Get(cluster_verbs::GetCommand),
     /// Import and list images on the node.
     #[command(subcommand)]
     Image(image::ImageCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        // One line, whatever RUST_BACKTRACE says: these reach users, not developers.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HATCH_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -60,5 +77,9 @@ fn main() -> anyhow::Result<()> {
         Command::Node(args) => runtime.block_on(node::run(args)),
         Command::Token(command) => runtime.block_on(token::run(command)),
         Command::Image(command) => runtime.block_on(image::run(command)),
+        Command::Run(args) => runtime.block_on(cluster_verbs::run(args)),
+        Command::Ps(args) => runtime.block_on(cluster_verbs::ps(args)),
+        Command::Rm(args) => runtime.block_on(cluster_verbs::rm(args)),
+        Command::Get(command) => runtime.block_on(cluster_verbs::get(command)),
     }
 }
