@@ -169,6 +169,12 @@ pub async fn run(cluster: &Cluster, req: RunRequest) -> Result<String, PodsError
         let pod = cluster.get_json(&format!("{path}/{name}")).await?;
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
         let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str();
+        // Kubernetes' waiting reasons for a container that cannot start (ErrImageNeverPull,
+        // CreateContainerError, ...): no point waiting for those.
+        if let Some(reason) = waiting.filter(|r| r.starts_with("Err") || r.ends_with("Error")) {
+            let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str();
+            return Err(PodsError::NotStarted { name, reason: format!("{reason}: {}", message.unwrap_or("")) });
+        }
         match phase {
             "Running" | "Succeeded" => return Ok(name),
             "Failed" => {

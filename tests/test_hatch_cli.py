@@ -1,0 +1,162 @@
+"""The hatch client verbs through the real API server: exec (every flag, binary-safe streams, stdin
+EOF, hatch's extensions), run/ps/rm/get, token create, and one-line errors for each way a
+connection can go wrong."""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import HATCH, run
+
+
+def hatch_cli(hatch, *args, input=None, env=None, text=True, timeout=60):
+    return run([str(HATCH), *args], env=env or hatch.env, input=input, text=text, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pod(hatch):
+    """A pod created through the server (`hatch run`), removed afterwards."""
+    res = hatch_cli(hatch, "run", "--name", "cli-pod", "bb", "--", "sleep", "1d")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "cli-pod"
+    yield "cli-pod"
+    hatch_cli(hatch, "rm", "-f", "cli-pod")
+
+
+def test_exec_streams_and_exit_codes(hatch, pod):
+    res = hatch_cli(hatch, "exec", pod, "--", "sh", "-c", "echo out; echo err >&2; exit 42")
+    assert (res.returncode, res.stdout, res.stderr) == (42, "out\n", "err\n")
+    res = hatch_cli(hatch, "exec", pod, "--", "no-such-command")
+    assert res.returncode == 127 and "not found" in res.stderr
+    assert hatch_cli(hatch, "exec", pod, "--", "sh", "-c", "kill -9 $$").returncode == 137
+
+
+def test_exec_stdin_is_binary_safe_and_eof_reaches_the_process(hatch, pod):
+    data = os.urandom(64 * 1024 * 1024)
+    res = hatch_cli(hatch, "exec", "-i", pod, "--", "sha256sum", input=data, text=False, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    # Output is binary-safe too.
+    res = hatch_cli(hatch, "exec", "-i", pod, "--", "cat", input=data[:4_000_000], text=False)
+    assert res.stdout == data[:4_000_000]
+
+
+def test_hatch_extensions_user_env_workdir_privileged_detach(hatch, pod):
+    res = hatch_cli(hatch, "exec", "-u", "alice", "-e", "A=1", "-e", "B=two", "-w", "/tmp", pod, "--", "sh", "-c", 'id -un; echo "$A $B"; pwd')
+    assert res.stdout == "alice\n1 two\n/tmp\n", res.stderr
+    caps = lambda *flags: int(  # noqa: E731
+        re.search(r"CapEff:\s+(\w+)", hatch_cli(hatch, "exec", *flags, pod, "--", "cat", "/proc/self/status").stdout).group(1), 16
+    )
+    assert bin(caps()).count("1") == 14
+    assert caps("--privileged") > caps()
+    res = hatch_cli(hatch, "exec", "-u", "nobody-such", pod, "--", "id")
+    assert res.returncode == 126 and "unable to find user nobody-such" in res.stderr
+    start = time.time()
+    res = hatch_cli(hatch, "exec", "-d", pod, "--", "sh", "-c", "sleep 2; echo detached > /tmp/d")
+    assert res.returncode == 0 and time.time() - start < 2
+    deadline = time.time() + 10
+    while time.time() < deadline and hatch_cli(hatch, "exec", pod, "--", "cat", "/tmp/d").stdout != "detached\n":
+        time.sleep(0.2)
+    assert hatch_cli(hatch, "exec", pod, "--", "cat", "/tmp/d").stdout == "detached\n"
+
+
+def test_exec_into_docker_made_container_and_multi_container_flag(hatch):
+    hatch.docker("run", "-d", "--name", "cli-mirror", "bb", "sleep", "1d", check=True)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        res = hatch_cli(hatch, "exec", "cli-mirror", "--", "hostname")
+        if res.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert res.returncode == 0, res.stderr
+    res = hatch_cli(hatch, "exec", "-c", "nope", "cli-mirror", "--", "true")
+    assert res.returncode == 1 and "nope" in res.stderr
+    hatch.docker("rm", "-f", "cli-mirror", check=True)
+
+
+def rows(text):
+    return [line.split() for line in text.strip().splitlines()]
+
+
+def test_get_ps_and_json(hatch, pod):
+    out = hatch_cli(hatch, "get", "pods").stdout
+    assert rows(out)[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert any(r[0] == pod and r[2] == "Running" for r in rows(out)[1:])
+    nodes = rows(hatch_cli(hatch, "get", "nodes").stdout)
+    assert nodes[0] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"] and nodes[1][1] == "Ready"
+    ps = rows(hatch_cli(hatch, "ps").stdout)
+    assert ps[0][:2] == ["NAMESPACE", "NAME"]
+    assert any(r[:2] == ["default", pod] for r in ps)
+    listing = json.loads(hatch_cli(hatch, "get", "pods", "-o", "json").stdout)
+    assert any(p["metadata"]["name"] == pod for p in listing["items"])
+    res = hatch_cli(hatch, "get", "pods", "-o", "yamlish")
+    assert res.returncode == 1 and "unknown output format" in res.stderr
+
+
+def test_run_failures_and_rm(hatch):
+    res = hatch_cli(hatch, "run", "--name", "cli-badimage", "no-such-image", "--", "true")
+    assert res.returncode == 1
+    assert "ErrImageNeverPull" in res.stderr and "no registry" in res.stderr
+    assert hatch_cli(hatch, "rm", "-f", "cli-badimage").returncode == 0
+    res = hatch_cli(hatch, "run", "-d", "-e", "GREETING=hi", "bb", "--", "sh", "-c", "echo $GREETING; sleep 1d")
+    name = res.stdout.strip()
+    assert res.returncode == 0 and name.startswith("bb-")
+    res = hatch_cli(hatch, "rm", "nonexistent-pod")
+    assert res.returncode == 1 and "not found" in res.stderr
+    assert hatch_cli(hatch, "rm", name).returncode == 0
+
+
+def test_token_create_gives_a_view_token_that_cannot_exec(hatch, pod, tmp_path):
+    res = hatch_cli(hatch, "token", "create", "--role", "view", "--name", "auditor")
+    assert res.returncode == 0, res.stderr
+    token = res.stdout.strip()
+    kubeconfig = tmp_path / "view.kubeconfig"
+    original = (hatch.data_dir / "kubeconfig").read_text()
+    kubeconfig.write_text(re.sub(r"token: .*", f"token: {token}", original))
+    env = dict(hatch.env, KUBECONFIG=str(kubeconfig))
+    assert hatch_cli(hatch, "get", "pods", env=env).returncode == 0
+    res = hatch_cli(hatch, "exec", pod, "--", "true", env=env)
+    assert res.returncode == 1 and "forbidden" in res.stderr.lower()
+
+
+def test_connection_problems_are_one_clear_line(hatch, pod, tmp_path):
+    original = (hatch.data_dir / "kubeconfig").read_text()
+
+    def with_config(text, *args):
+        path = tmp_path / f"k{abs(hash(text))}"
+        path.write_text(text)
+        res = hatch_cli(hatch, *args, env=dict(hatch.env, KUBECONFIG=str(path)))
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        return lines[0]
+
+    # Token rejected.
+    line = with_config(re.sub(r"token: .*", "token: not-a-real-token", original), "exec", pod, "--", "true")
+    assert "rejected the token" in line
+    # Server down.
+    line = with_config(re.sub(r"server: https://127\.0\.0\.1:\d+", "server: https://127.0.0.1:1", original), "ps")
+    assert "cannot reach the hatch server" in line
+    # Certificate mismatch: a CA that did not sign the server's certificate.
+    ca = tmp_path / "other-ca"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{ca}.key",
+         "-out", f"{ca}.crt", "-subj", "/CN=not-hatch", "-days", "1"],
+        check=True, capture_output=True,
+    )
+    import base64
+
+    other = base64.b64encode(open(f"{ca}.crt", "rb").read()).decode()
+    line = with_config(re.sub(r"certificate-authority-data: .*", f"certificate-authority-data: {other}", original), "ps")
+    assert "certificate mismatch" in line
+    # Pod not found.
+    res = hatch_cli(hatch, "exec", "no-such-pod", "--", "true")
+    assert res.returncode == 1 and 'pods "no-such-pod" not found' in res.stderr
+    # No kubeconfig at all.
+    res = hatch_cli(hatch, "ps", env=dict(hatch.env, KUBECONFIG=str(tmp_path / "missing"), HOME=str(tmp_path)))
+    assert res.returncode == 1 and "no kubeconfig" in res.stderr
