@@ -93,8 +93,8 @@ impl NodeRecord {
                 "conditions": [{
                     "type": "Ready",
                     "status": status,
-                    "lastHeartbeatTime": self.last_heartbeat,
-                    "lastTransitionTime": transition,
+                    "lastHeartbeatTime": seconds(&self.last_heartbeat),
+                    "lastTransitionTime": seconds(&transition),
                     "reason": reason,
                     "message": message,
                 }],
@@ -125,8 +125,14 @@ fn arch(reported: &str) -> &str {
     }
 }
 
+/// Sub-second precision: readiness is judged from it.
 pub fn heartbeat_now() -> String {
-    format_time(OffsetDateTime::now_utc())
+    super::format_time_precise(OffsetDateTime::now_utc())
+}
+
+/// A stored time as Kubernetes shows it (whole seconds).
+fn seconds(t: &str) -> String {
+    parse_time(t).map(format_time).unwrap_or_else(|| t.to_string())
 }
 
 #[cfg(test)]
