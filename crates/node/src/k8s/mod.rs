@@ -164,7 +164,10 @@ impl StreamingServer {
             Ok((transport, opts, session)) => {
                 let on_upgrade = hyper::upgrade::on(&mut req);
                 let response = switching_protocols(&transport);
-                let exec = session::Exec::new(self.clone(), session, opts, summary);
+                let mut exec = session::Exec::new(self.clone(), session, opts, summary);
+                if matches!(transport, Transport::WebSocket { .. }) {
+                    exec.start_early().await;
+                }
                 tracing::debug!(
                     namespace = %exec.summary().namespace,
                     pod = %exec.summary().pod,

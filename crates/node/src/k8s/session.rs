@@ -116,6 +116,8 @@ pub(super) struct Exec {
     summary: ExecSummary,
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
+    /// A process started before the upgrade completed (see [`Exec::start_early`]).
+    early: Option<Result<ExecStarted, crate::engine::EngineError>>,
 }
 
 impl Exec {
@@ -125,7 +127,18 @@ impl Exec {
         opts: ExecOptions,
         summary: ExecSummary,
     ) -> Exec {
-        Exec { server, session, opts, summary, bytes_in: Arc::new(AtomicU64::new(0)), bytes_out: 0 }
+        Exec { server, session, opts, summary, bytes_in: Arc::new(AtomicU64::new(0)), bytes_out: 0, early: None }
+    }
+
+    /// Starts a non-terminal process right away, while the 101 travels to the client, rather than
+    /// once the session is set up: the start overlaps the upgrade. For WebSocket only: a WebSocket
+    /// session is complete at the 101, while SPDY (like the kubelet) runs nothing until the client
+    /// has opened every stream. A terminal session waits for the client's first size instead, so
+    /// its process starts with the right one. What the process writes meanwhile waits in its pipes.
+    pub(super) async fn start_early(&mut self) {
+        if !self.opts.tty {
+            self.early = Some(self.server.engine.exec_start(&self.session, self.opts.detach).await);
+        }
     }
 
     pub(super) fn summary(&self) -> &ExecSummary {
@@ -140,7 +153,11 @@ impl Exec {
         client: &mut JoinHandle<ClientEnd>,
         stdin: mpsc::Receiver<StdinChunk>,
     ) -> Outcome {
-        let run = match self.server.engine.exec_start(&self.session, self.opts.detach).await {
+        let started = match self.early.take() {
+            Some(started) => started,
+            None => self.server.engine.exec_start(&self.session, self.opts.detach).await,
+        };
+        let run = match started {
             Err(e) => return Outcome::Report(Ending::Error(e.to_string())),
             Ok(ExecStarted::Detached) => return Outcome::Report(Ending::Detached),
             Ok(ExecStarted::Failed { code, message }) => {
@@ -229,6 +246,10 @@ impl Exec {
 
     /// Drops the engine's record of the exec and reports the summary.
     pub(super) fn finish(mut self, exit_code: Option<i32>, error: Option<String>) {
+        // A process started early whose session never got going has no client: hang it up.
+        if let Some(Ok(ExecStarted::Running(run))) = self.early.take() {
+            run.hang_up();
+        }
         self.server.engine.exec_forget(&self.session.id);
         self.summary.exit_code = exit_code;
         self.summary.bytes_in = self.bytes_in.load(Ordering::Relaxed);
