@@ -460,8 +460,12 @@ impl Engine {
         .await;
         match started {
             Ok((conn, Outcome::Started(process))) => {
-                // Stdio first, then "running": whoever waits for the start finds stdin ready.
+                // Stdio first, then "running": whoever waits for the start finds stdin ready, and
+                // whoever asks for the logs finds the log (the pump appends to it later).
                 let output = self.install_main_io(c, process, record.spec.tty).await;
+                if let Err(e) = std::fs::OpenOptions::new().create(true).append(true).open(Self::log_path(c)) {
+                    tracing::warn!(id = %c.id, error = %e, "create container log");
+                }
                 {
                     let mut r = c.record();
                     r.status = Status::Running;
