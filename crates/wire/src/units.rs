@@ -30,7 +30,13 @@ pub fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     // Three significant digits, trailing zeros trimmed (Go's %.4g).
-    let digits = if value >= 100.0 { 0 } else if value >= 10.0 { 1 } else { 2 };
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
     let text = format!("{value:.digits$}");
     let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text };
     format!("{text}{}", UNITS[unit])

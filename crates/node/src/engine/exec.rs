@@ -142,19 +142,37 @@ pub struct OutputReader {
     exited: bool,
     out_buf: Vec<u8>,
     err_buf: Vec<u8>,
+    /// The buffer the last read filled, to grow before the next.
+    filled: Option<Stream>,
 }
 
-const READ_CHUNK: usize = 256 * 1024;
+/// Read buffers start small (an interactive session reads a few bytes at a time, and a thousand
+/// of them should not hold a quarter-megabyte each) and double, up to the largest, whenever a read
+/// fills them (bulk output wants few, large reads).
+const FIRST_READ: usize = 16 * 1024;
+const LARGEST_READ: usize = 256 * 1024;
 
 impl OutputReader {
     pub fn new(stdout: Option<Source>, stderr: Option<Source>, exit: watch::Receiver<Option<i32>>) -> OutputReader {
-        let err_buf = if stderr.is_some() { vec![0; READ_CHUNK] } else { Vec::new() };
-        OutputReader { stdout, stderr, exit, exited: false, out_buf: vec![0; READ_CHUNK], err_buf }
+        let err_buf = if stderr.is_some() { vec![0; FIRST_READ] } else { Vec::new() };
+        OutputReader { stdout, stderr, exit, exited: false, out_buf: vec![0; FIRST_READ], err_buf, filled: None }
+    }
+
+    fn grow_filled(&mut self) {
+        let buf = match self.filled.take() {
+            Some(Stream::Stdout) => &mut self.out_buf,
+            Some(Stream::Stderr) => &mut self.err_buf,
+            None => return,
+        };
+        if buf.len() < LARGEST_READ {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 
     /// Waits for the next chunk of output and returns its stream and length (the bytes are in
     /// [`OutputReader::chunk`]), or `None` once the output is complete and the exit code known.
     pub async fn next(&mut self) -> std::io::Result<Option<(Stream, usize)>> {
+        self.grow_filled();
         loop {
             if self.exited {
                 return self.drain().await;
@@ -165,17 +183,19 @@ impl OutputReader {
                 self.exited = true;
                 continue;
             }
-            tokio::select! {
+            let (stream, n) = tokio::select! {
                 biased;
-                r = read_opt(&mut self.stdout, &mut self.out_buf) => match r? {
-                    0 => self.stdout = None,
-                    n => return Ok(Some((Stream::Stdout, n))),
-                },
-                r = read_opt(&mut self.stderr, &mut self.err_buf) => match r? {
-                    0 => self.stderr = None,
-                    n => return Ok(Some((Stream::Stderr, n))),
-                },
-                _ = self.exit.wait_for(|code| code.is_some()) => self.exited = true,
+                r = read_opt(&mut self.stdout, &mut self.out_buf) => (Stream::Stdout, r?),
+                r = read_opt(&mut self.stderr, &mut self.err_buf) => (Stream::Stderr, r?),
+                _ = self.exit.wait_for(|code| code.is_some()) => {
+                    self.exited = true;
+                    continue;
+                }
+            };
+            match (n, stream) {
+                (0, Stream::Stdout) => self.stdout = None,
+                (0, Stream::Stderr) => self.stderr = None,
+                (n, stream) => return Ok(self.record(stream, n)),
             }
         }
     }
@@ -186,6 +206,19 @@ impl OutputReader {
             Stream::Stdout => &self.out_buf[..len],
             Stream::Stderr => &self.err_buf[..len],
         }
+    }
+
+    /// Notes a read of `n` bytes; the buffer that filled up grows before the next read (the
+    /// caller may still be looking at this chunk).
+    fn record(&mut self, stream: Stream, n: usize) -> Option<(Stream, usize)> {
+        let len = match stream {
+            Stream::Stdout => self.out_buf.len(),
+            Stream::Stderr => self.err_buf.len(),
+        };
+        if n == len {
+            self.filled = Some(stream);
+        }
+        Some((stream, n))
     }
 
     /// After exit: whatever is still buffered, without waiting.

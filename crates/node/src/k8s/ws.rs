@@ -69,7 +69,12 @@ impl Output for WsOutput {
 
 /// Runs one upgraded WebSocket exec session to its end.
 pub(super) async fn run(mut exec: Exec, upgraded: Upgraded, protocol: Subprotocol) {
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
+    // A 32 KiB read buffer (tungstenite's default is 128 KiB, allocated per connection): clients
+    // send stdin in messages of at most 32 KiB, and a thousand idle shells should stay cheap.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+        .read_buffer_size(32 * 1024);
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (tx, rx) = ws.split();
     let mut out = WsOutput { tx, protocol };
