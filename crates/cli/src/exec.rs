@@ -127,6 +127,23 @@ pub async fn exec(cluster: &Cluster, mut req: ExecRequest) -> Result<i32, ExecEr
     result
 }
 
+/// Output chunks for the local terminal, tagged with their channel.
+type OutputChunk = (u8, bytes::Bytes);
+
+/// Writes output on a thread of its own: the session keeps reading (and decrypting) the next
+/// message while a slow terminal takes the last one.
+fn spawn_output_writer() -> (std::sync::mpsc::SyncSender<OutputChunk>, std::thread::JoinHandle<std::io::Result<()>>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<OutputChunk>(64);
+    let writer = std::thread::spawn(move || {
+        let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+        for (ch, data) in rx {
+            if ch == channel::STDERR { write_fd(stderr.as_fd(), &data)? } else { write_fd(stdout.as_fd(), &data)? }
+        }
+        Ok(())
+    });
+    (tx, writer)
+}
+
 /// Writes all of `data` to a descriptor, bypassing std's line-buffered stdout (which scans
 /// binary output for newlines and copies it once more).
 fn write_fd(fd: std::os::fd::BorrowedFd<'_>, mut data: &[u8]) -> std::io::Result<()> {
@@ -166,8 +183,7 @@ async fn session(
     let mut stdin_open = req.stdin && !req.detach;
     let mut buf = vec![0u8; STDIN_CHUNK];
     let mut status = Vec::new();
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
+    let (output, writer) = spawn_output_writer();
     loop {
         tokio::select! {
             message = stream.next() => match message {
@@ -175,8 +191,13 @@ async fn session(
                     let Some(m) = k8s_ws::decode_server_message(proto, &data)
                         .map_err(|e| ExecError::Protocol(e.to_string()))? else { continue };
                     match m.channel {
-                        channel::STDOUT => write_fd(stdout.as_fd(), &m.payload)?,
-                        channel::STDERR => write_fd(stderr.as_fd(), &m.payload)?,
+                        // v5 is a binary protocol: the payload is the message after its channel
+                        // byte, handed to the writer without a copy.
+                        channel::STDOUT | channel::STDERR => {
+                            if output.send((m.channel, data.slice(1..))).is_err() {
+                                break;
+                            }
+                        }
                         channel::ERROR => status.extend_from_slice(&m.payload),
                         _ => {}
                     }
@@ -207,6 +228,11 @@ async fn session(
         }
     }
     let _ = sink.close().await;
+    // Everything received is on the terminal before the exit code is.
+    drop(output);
+    if let Ok(Err(e)) = writer.join() {
+        return Err(ExecError::Terminal(e));
+    }
     if status.is_empty() {
         // kubectl treats an empty status as success (kubectl#1726); hatch does not: a session
         // that ends without one was cut.
