@@ -134,6 +134,7 @@ async def main():
                 "rss_before_kib": before,
                 "rss_during_kib": during,
                 "kib_per_session": (during - before) / max(1, len(live)) if args.pid else None,
+                "latencies": latencies,
             }
         )
     )
