@@ -194,8 +194,9 @@ async fn session(
                         // v5 is a binary protocol: the payload is the message after its channel
                         // byte, handed to the writer without a copy.
                         channel::STDOUT | channel::STDERR => {
-                            if output.send((m.channel, data.slice(1..))).is_err() {
-                                break;
+                            let writer_alive = output.send((m.channel, data.slice(1..))).is_ok();
+                            if !writer_alive {
+                                break; // the writer failed; its error is reported below
                             }
                         }
                         channel::ERROR => status.extend_from_slice(&m.payload),

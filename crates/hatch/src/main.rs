@@ -7,6 +7,7 @@ mod image;
 mod local;
 mod node;
 mod server;
+mod shutdown;
 mod token;
 mod up;
 

@@ -95,10 +95,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     println!();
     println!("Exec streaming endpoint: {streaming_address} (mutual TLS)");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        result = crate::shutdown::requested() => result.context("listening for Ctrl-C and SIGTERM")?,
         result = docker => {
             result.context("docker API task")??;
             anyhow::bail!("the Docker API stopped unexpectedly");

@@ -90,10 +90,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     println!("  hatch node --server {url} --token {}", server.join_token());
     println!();
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        result = crate::shutdown::requested() => result.context("listening for Ctrl-C and SIGTERM")?,
         _ = serving => anyhow::bail!("the API server stopped unexpectedly"),
     }
     tracing::info!("shutting down");

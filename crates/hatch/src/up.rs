@@ -103,10 +103,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("Containers keep running when hatch stops; `hatch up` with the same --data-dir picks them up again.");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        result = crate::shutdown::requested() => result.context("listening for Ctrl-C and SIGTERM")?,
         result = docker => {
             result.context("docker API task")??;
             anyhow::bail!("the Docker API stopped unexpectedly");
