@@ -160,3 +160,82 @@ def test_connection_problems_are_one_clear_line(hatch, pod, tmp_path):
     # No kubeconfig at all.
     res = hatch_cli(hatch, "ps", env=dict(hatch.env, KUBECONFIG=str(tmp_path / "missing"), HOME=str(tmp_path)))
     assert res.returncode == 1 and "no kubeconfig" in res.stderr
+
+
+def test_extensions_are_refused_before_a_server_that_would_ignore_them(hatch, tmp_path):
+    """A Kubernetes API server ignores query parameters it does not know: `-u alice` sent there
+    would run as the image's user. hatch exec asks /version first and refuses in one line; a plain
+    exec goes straight to the upgrade. The server here answers like a Kubernetes API server
+    (none runs on this machine), and records what it was asked."""
+    import http.server
+    import ssl
+    import threading
+
+    # A CA and a serving certificate for 127.0.0.1 signed by it, as a cluster has.
+    ca_cert, ca_key = tmp_path / "ca.crt", tmp_path / "ca.key"
+    cert, key, csr, ext = (tmp_path / n for n in ("k8s.crt", "k8s.key", "k8s.csr", "k8s.ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for cmd in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca_cert, "-subj", "/CN=kubernetes", "-days", "1"],
+        ["req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=kube-apiserver"],
+        ["x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1",
+         "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    seen = []
+
+    class KubeApiServer(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            seen.append(self.path)
+            if self.path == "/version":
+                body, code = {"major": "1", "minor": "33", "gitVersion": "v1.33.1", "platform": "linux/amd64"}, 200
+            else:
+                name = self.path.split("/pods/")[-1].split("/")[0]
+                body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                        "message": f'pods "{name}" not found', "code": 404}
+                code = 404
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KubeApiServer)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        import base64
+
+        ca = base64.b64encode(ca_cert.read_bytes()).decode()
+        config = tmp_path / "kubeconfig"
+        config.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: k8s, cluster: {{server: "https://127.0.0.1:{server.server_address[1]}", certificate-authority-data: {ca}}}}}]
+users: [{{name: u, user: {{token: t0ken}}}}]
+contexts: [{{name: c, context: {{cluster: k8s, user: u}}}}]
+current-context: c
+""")
+        env = dict(hatch.env, KUBECONFIG=str(config))
+        res = hatch_cli(hatch, "exec", "-u", "alice", "-w", "/tmp", "web", "--", "id", env=env)
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert "is not a hatch server" in lines[0] and "-u/--user, -w/--workdir" in lines[0], lines[0]
+        assert seen == ["/version"], seen  # refused before any exec request
+        # Without extensions there is nothing to check: straight to the exec upgrade.
+        seen.clear()
+        res = hatch_cli(hatch, "exec", "web", "--", "id", env=env)
+        assert res.returncode == 1 and 'pods "web" not found' in res.stderr, res.stderr
+        assert len(seen) == 1 and seen[0].startswith("/api/v1/namespaces/default/pods/web/exec?"), seen
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -42,6 +42,11 @@ pub enum ExecError {
     Protocol(String),
     #[error("{0}")]
     Remote(String),
+    #[error(
+        "{server} is not a hatch server: it would ignore {flags} and run the command without them; \
+         drop {flags}, or point KUBECONFIG at a hatch server"
+    )]
+    ExtensionsUnsupported { server: String, flags: String },
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
 }
@@ -71,6 +76,40 @@ fn handshake_error(e: tungstenite::Error, pod: &str) -> ExecError {
     }
 }
 
+/// Before an exec that uses hatch's extensions: makes sure the server honours them. A
+/// Kubernetes API server ignores query parameters it does not know, so `-u alice` sent there
+/// would run as the image's user; hatch's `/version` lists the extensions it honours. Plain
+/// execs skip this request.
+async fn require_extensions(cluster: &Cluster, options: &ExecOptions) -> Result<(), ExecError> {
+    let used = options.extensions_used();
+    if used.is_empty() {
+        return Ok(());
+    }
+    let version = cluster.get_json("/version").await?;
+    let offered: Vec<&str> = version
+        .get("hatchExecExtensions")
+        .and_then(|v| v.as_array())
+        .map(|names| names.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = used.into_iter().filter(|name| !offered.contains(name)).map(extension_flag).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ExecError::ExtensionsUnsupported { server: cluster.config.server.clone(), flags: missing.join(", ") })
+}
+
+/// The `hatch exec` flag behind an extension parameter, for messages.
+fn extension_flag(name: &str) -> &str {
+    match name {
+        "user" => "-u/--user",
+        "privileged" => "--privileged",
+        "env" => "-e/--env",
+        "workdir" => "-w/--workdir",
+        "detach" => "-d/--detach",
+        other => other,
+    }
+}
+
 /// Runs the exec and returns the remote exit code (what `hatch exec` exits with).
 pub async fn exec(cluster: &Cluster, mut req: ExecRequest) -> Result<i32, ExecError> {
     if req.tty && !terminal::stdin_is_terminal() {
@@ -91,6 +130,7 @@ pub async fn exec(cluster: &Cluster, mut req: ExecRequest) -> Result<i32, ExecEr
         workdir: req.workdir.clone(),
         detach: req.detach,
     };
+    require_extensions(cluster, &options).await?;
     let url = format!(
         "wss://{}/api/v1/namespaces/{namespace}/pods/{}/exec?{}",
         cluster.authority,

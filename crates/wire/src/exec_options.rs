@@ -36,6 +36,12 @@
 
 use std::fmt::Write as _;
 
+/// The query parameters hatch adds to Kubernetes' exec. A Kubernetes API server ignores query
+/// parameters it does not know, so a client must learn that the server honours these (hatch's
+/// `/version` lists them under `hatchExecExtensions`) before sending any: otherwise `-u alice`
+/// would silently run as the image's user.
+pub const HATCH_EXTENSIONS: [&str; 5] = ["user", "privileged", "env", "workdir", "detach"];
+
 /// A parsed exec request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOptions {
@@ -190,6 +196,21 @@ impl ExecOptions {
             }
         }
         Ok(())
+    }
+
+    /// The hatch extensions (names from [`HATCH_EXTENSIONS`]) these options use.
+    pub fn extensions_used(&self) -> Vec<&'static str> {
+        let [user, privileged, env, workdir, detach] = HATCH_EXTENSIONS;
+        [
+            (user, self.user.is_some()),
+            (privileged, self.privileged),
+            (env, !self.env.is_empty()),
+            (workdir, self.workdir.is_some()),
+            (detach, self.detach),
+        ]
+        .into_iter()
+        .filter_map(|(name, used)| used.then_some(name))
+        .collect()
     }
 
     /// Encodes the options the way kubectl does (Go `url.Values.Encode`):
@@ -358,6 +379,21 @@ mod tests {
     use proptest::prelude::*;
 
     type R = Result<(), ExecOptionsError>;
+
+    #[test]
+    fn extensions_used_names_exactly_the_hatch_parameters_set() -> R {
+        let plain = ExecOptions::from_query("command=sh&stdin=true&stdout=true&tty=true&container=c")?;
+        assert!(plain.extensions_used().is_empty());
+        let all = ExecOptions::from_query(
+            "command=sh&stdout=true&user=alice&privileged=true&env=A%3D1&workdir=%2Ftmp&detach=true",
+        )?;
+        assert_eq!(all.extensions_used(), HATCH_EXTENSIONS);
+        let some = ExecOptions::from_query("command=sh&stdout=true&env=A%3D1")?;
+        assert_eq!(some.extensions_used(), ["env"]);
+        // Every extension is a parameter the parser knows.
+        assert!(HATCH_EXTENSIONS.iter().all(|name| Param::from_name(name).is_some()));
+        Ok(())
+    }
 
     #[test]
     fn kubectl_queries() -> R {

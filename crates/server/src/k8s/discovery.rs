@@ -16,6 +16,9 @@ pub fn version() -> Value {
         "goVersion": "rust",
         "compiler": "rustc",
         "platform": "linux/amd64",
+        // Not Kubernetes: how `hatch exec` learns that `-u`, `--privileged`, … will be honoured
+        // here rather than silently ignored, as a Kubernetes API server ignores unknown parameters.
+        "hatchExecExtensions": hatch_wire::exec_options::HATCH_EXTENSIONS,
     })
 }
 
