@@ -4,6 +4,8 @@ shell on a PTY, so it can check that the terminal's modes are exactly as before 
 
 import os
 import shutil
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -86,6 +88,22 @@ def test_interactive_session(hatch, container, local_shell, client, tmp_path):
     # The remote exit code becomes the client's.
     sh.sendline("exit 3")
     sh.expect("LOCAL-EXIT=3")
+    sh.expect_exact(PROMPT)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_hatch_exec_stopped_by_a_signal_restores_the_terminal(hatch, container, local_shell, sig, code):
+    """SIGTERM or SIGINT sent to the client itself (not Ctrl-C typed, which goes to the remote
+    process): 128+N locally, and the terminal's modes back as they were (checked by the fixture)."""
+    wait_for_pod(hatch, container)
+    sh = local_shell
+    command = clients(container)["hatch"]
+    sh.sendline(" ".join(command) + "; echo LOCAL-EXIT=$?")
+    sh.expect(r"[#\$] ")
+    found = subprocess.run(["pgrep", "-n", "-f", " ".join(command)], capture_output=True, text=True)
+    assert found.returncode == 0, "hatch exec is not running"
+    os.kill(int(found.stdout.split()[0]), sig)
+    sh.expect(f"LOCAL-EXIT={code}")
     sh.expect_exact(PROMPT)
 
 

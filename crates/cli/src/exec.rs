@@ -202,6 +202,10 @@ async fn session(
     req: &ExecRequest,
 ) -> Result<i32, ExecError> {
     let proto = Subprotocol::V5;
+    // First, before any await: the terminal is raw already, and a signal must not end the
+    // process before the mode is put back.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let (mut sink, mut stream) = ws.split();
     let send_err = |e: tungstenite::Error| ExecError::Protocol(format!("send: {e}"));
     // The size goes first, before any input, so the remote process starts with the right one.
@@ -217,8 +221,6 @@ async fn session(
     {
         sink.send(send_size(rows, cols)?).await.map_err(send_err)?;
     }
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let mut stdin = tokio::io::stdin();
     let mut stdin_open = req.stdin && !req.detach;
     let mut buf = vec![0u8; STDIN_CHUNK];
