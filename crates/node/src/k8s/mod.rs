@@ -18,9 +18,13 @@
 //! Every exec request that names a pod is reported once to the [`ExecObserver`] when it is over
 //! (the audit log's end record, keyed by the `Hatch-Audit-Id` request header).
 //!
+//! Besides exec, `GET|POST /images` lists and imports images (see `images.rs`): plain requests,
+//! reached through the API server's node proxy.
+//!
 //! Callers that serve HTTP themselves (the API server under `hatch up`) call
 //! [`StreamingServer::handle`] from a hyper connection built `with_upgrades()`.
 
+pub mod images;
 mod session;
 mod spdy;
 mod ws;
@@ -135,11 +139,15 @@ impl StreamingServer {
         &self.engine
     }
 
-    /// Serves one request for `/exec/{ns}/{pod}/{container}?…` (404 Status for other paths).
+    /// Serves one request for `/exec/{ns}/{pod}/{container}?…` or `/images` (404 Status for
+    /// other paths).
     ///
-    /// On success the answer is a 101; the session then runs on its own task over the upgraded
+    /// On success an exec's answer is a 101; the session then runs on its own task over the upgraded
     /// connection, so the hyper connection serving `req` must have been built `with_upgrades()`.
     pub async fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == images::IMAGES_PATH {
+            return images::handle(&self.engine.images, req).await;
+        }
         let started = SystemTime::now();
         let Some((namespace, pod, container)) = parse_path(req.uri().path()) else {
             let status = Status::failure(Reason::NotFound, "the server could not find the requested resource");
@@ -477,6 +485,10 @@ fn switching_protocols(transport: &Transport) -> Response<Body> {
         }
     }
     resp
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 fn empty() -> Body {

@@ -1,0 +1,158 @@
+//! The node's image endpoints, reached through the API server's node proxy
+//! (`/api/v1/nodes/{node}/proxy/images`), so images can be managed from any machine with a
+//! kubeconfig:
+//!
+//! * `GET /images` → a JSON array of `{"id", "repoTags", "size", "created"}` (created in Unix
+//!   seconds);
+//! * `POST /images?name=NAME[:TAG]` with a root-filesystem tarball (gzipped or not) as the body,
+//!   what `docker import` takes → a JSON array holding the image added.
+//!
+//! The body streams into the image store (never held in memory; the store caps what one import
+//! may unpack). Errors are `metav1.Status`: 400 for a tarball the store refuses (`../`, absolute
+//! paths, links out, device nodes, garbage), 500 for the store's own failures.
+
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+use http::{Method, Request, Response, header};
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+use serde::Serialize;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use hatch_image::{Image, ImageStore, ImportOptions};
+use hatch_wire::status::{Reason, Status};
+
+use super::{Body, Refusal, status_response};
+
+/// The path these endpoints are served on.
+pub const IMAGES_PATH: &str = "/images";
+
+/// One image, as `GET /images` lists it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ImageSummary<'a> {
+    id: &'a str,
+    repo_tags: &'a [String],
+    size: u64,
+    created: i64,
+}
+
+fn summaries(images: &[Image]) -> Vec<ImageSummary<'_>> {
+    images
+        .iter()
+        .map(|i| ImageSummary { id: &i.id, repo_tags: &i.repo_tags, size: i.size, created: i.created })
+        .collect()
+}
+
+fn json_response(images: &[Image]) -> Response<Body> {
+    let bytes = serde_json::to_vec(&summaries(images)).unwrap_or_default();
+    let mut resp = Response::new(super::full(bytes));
+    resp.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Longest error message sent back: a garbage tarball's message quotes its bytes.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// One printable line: control characters escaped, long messages cut.
+fn printable(message: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in message.chars().enumerate() {
+        if i == MAX_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The store's error as a Status: the input's fault is a 400 with the store's own message.
+fn image_error(e: hatch_image::Error) -> Status {
+    if e.is_bad_input() {
+        Status::bad_request(format!("not an importable root-filesystem tarball: {}", printable(&e.to_string())))
+    } else if let hatch_image::Error::NotFound(_) = e {
+        Status::failure(Reason::NotFound, e.to_string())
+    } else {
+        Status::internal_error(&printable(&e.to_string()))
+    }
+}
+
+/// The name to import as, from `?name=`: required, like `docker import`'s repository.
+fn import_name(query: Option<&str>) -> Result<String, Refusal> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Status::bad_request("the image name is required: POST /images?name=NAME[:TAG]").into())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, hatch_image::Error> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal_error(&format!("image task: {e}")))?
+        .map_err(|e| image_error(e).into())
+}
+
+/// Serves `GET|POST /images` (the caller checked the path).
+pub async fn handle(store: &Arc<ImageStore>, req: Request<Incoming>) -> Response<Body> {
+    let result = match *req.method() {
+        Method::GET => {
+            let store = store.clone();
+            blocking(move || Ok(store.list())).await
+        }
+        Method::POST => import(store, req).await,
+        ref other => Err(Status::failure(Reason::MethodNotAllowed, format!("method {other} is not allowed")).into()),
+    };
+    match result {
+        Ok(images) => json_response(&images),
+        Err(refusal) => {
+            tracing::info!(code = refusal.status.http_code(), message = %refusal.status.message, "image request refused");
+            status_response(&refusal)
+        }
+    }
+}
+
+async fn import(store: &Arc<ImageStore>, req: Request<Incoming>) -> Result<Vec<Image>, Refusal> {
+    let name = import_name(req.uri().query())?;
+    let stream = BodyStream::new(req.into_body())
+        .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())))
+        .map_err(std::io::Error::other)
+        .boxed();
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let store = store.clone();
+    let reference = name.clone();
+    let image = blocking(move || {
+        let options = ImportOptions { reference: Some(&reference), changes: &[], message: None };
+        store.import_tar_with(reader, &options)
+    })
+    .await?;
+    tracing::info!(name = %name, id = %image.id, size = image.size, "image imported");
+    Ok(vec![image])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_names() {
+        assert_eq!(import_name(Some("name=bb%3Av2")).ok(), Some("bb:v2".to_string()));
+        assert_eq!(import_name(Some("other=1&name=bb")).ok(), Some("bb".to_string()));
+        assert!(import_name(Some("name=")).is_err());
+        assert!(import_name(None).is_err());
+    }
+
+    #[test]
+    fn messages_stay_on_one_printable_line() {
+        assert_eq!(printable("bad\nentry \u{7}x"), "bad\\nentry \\u{7}x");
+        assert_eq!(printable(&"a".repeat(1000)).chars().count(), MAX_MESSAGE_CHARS + 1);
+    }
+}
