@@ -34,6 +34,11 @@ impl LocalNode for LocalExec {
         // Both sides use the same body type; nothing to convert.
         self.0.handle(req).await
     }
+
+    async fn images(&self, req: Request<Incoming>) -> Response<hatch_server::Body> {
+        // The streaming server routes `/images` itself.
+        self.0.handle(req).await
+    }
 }
 
 pub struct LocalControlPlane {

@@ -76,6 +76,8 @@ impl ServerConfig {
 #[async_trait]
 pub trait LocalNode: Send + Sync + 'static {
     async fn exec(&self, req: Request<Incoming>) -> Response<Body>;
+    /// A node-proxy request for the node's `/images` (path already rewritten).
+    async fn images(&self, req: Request<Incoming>) -> Response<Body>;
 }
 
 pub struct Server {

@@ -271,8 +271,8 @@ fn exec_path(namespace: &str, pod: &str, container: &str, query: &str) -> String
     format!("/exec/{}/{}/{}?{query}", seg(namespace), seg(pod), seg(container))
 }
 
-/// The client's credentials stay here; the node learns the audit id instead.
-fn prepare_headers(headers: &mut http::HeaderMap, audit_id: &str) {
+/// The client's credentials (and any audit id it forged) never reach a node.
+pub(crate) fn strip_credentials(headers: &mut http::HeaderMap) {
     headers.remove(AUTHORIZATION);
     headers.remove("proxy-authorization");
     headers.remove(AUDIT_ID_HEADER);
@@ -281,6 +281,11 @@ fn prepare_headers(headers: &mut http::HeaderMap, audit_id: &str) {
             headers.remove(&name);
         }
     }
+}
+
+/// The client's credentials stay here; the node learns the audit id instead.
+fn prepare_headers(headers: &mut http::HeaderMap, audit_id: &str) {
+    strip_credentials(headers);
     if let Ok(v) = HeaderValue::from_str(audit_id) {
         headers.insert(AUDIT_ID_HEADER, v);
     }

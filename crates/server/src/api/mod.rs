@@ -4,6 +4,7 @@
 mod exec;
 mod nodes;
 mod pods;
+mod proxy;
 mod watch;
 
 use std::collections::HashMap;
@@ -206,6 +207,22 @@ async fn route(
             check(&identity, Verb::Get, "nodes", None, None, name)?;
             pods::list_nodes(server, &req, Some(name)).await
         }
+        // The node proxy: only the node's image endpoints (admin only, like Kubernetes' nodes/proxy).
+        (&Method::GET | &Method::POST, ["api", "v1", "nodes", name, "proxy", rest @ ..]) => {
+            let verb = if *method == Method::GET { Verb::Get } else { Verb::Create };
+            check(&identity, verb, "nodes", Some("proxy"), None, name)?;
+            let Some(node_path) = proxy::node_path(rest) else {
+                return Err(ApiError::new(Status::failure(
+                    hatch_wire::status::Reason::NotFound,
+                    "the node proxy serves only the node's \"images\"",
+                )));
+            };
+            let name = name.to_string();
+            proxy::proxy(server, req, &name, &node_path).await
+        }
+        (_, ["api", "v1", "nodes", _, "proxy", ..]) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method})"
+        ))),
         (&Method::GET, ["api", "v1", "pods"]) => {
             check(&identity, read_verb(&params, false), "pods", None, None, "")?;
             pods::list(server, req, None).await
