@@ -1,9 +1,12 @@
 """Images through the docker CLI: import, load, save, images, rmi; archives that try to escape the
 store are refused; a `docker save` archive made by a real dockerd loads and runs."""
 
+import http.client
 import io
 import json
 import os
+import re
+import ssl
 import tarfile
 import time
 from pathlib import Path
@@ -117,17 +120,123 @@ def test_absolute_symlinks_inside_an_image_are_fine(hatch):
     hatch.docker("rmi", "abs-links", check=True)
 
 
-def test_hatch_image_import_tarball_and_directory(hatch, bb_tarball, bb_rootfs):
-    res = run([str(HATCH), "image", "import", "fromtar", str(bb_tarball)], env=hatch.env)
+def hatch_cli(hatch, *args, env=None, **kw):
+    """`hatch` with the kubeconfig only: no Docker socket to fall back on."""
+    env = dict(env or hatch.env, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    return run([str(HATCH), *args], env=env, **kw)
+
+
+def wait_for_kubeconfig(hatch):
+    deadline = time.time() + 30
+    while not (hatch.data_dir / "kubeconfig").exists():
+        assert time.time() < deadline, "no kubeconfig after 30 s"
+        time.sleep(0.1)
+
+
+def node_name(hatch):
+    res = hatch_cli(hatch, "get", "nodes", "-o", "json", check=True)
+    return json.loads(res.stdout)["items"][0]["metadata"]["name"]
+
+
+def one_line_error(res):
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def test_hatch_image_import_through_the_server_tarball_and_directory(hatch, bb_tarball, bb_rootfs):
+    wait_for_kubeconfig(hatch)
+    node = node_name(hatch)
+    # Without --node: every Ready node (here the one), one line each.
+    res = hatch_cli(hatch, "image", "import", "fromtar", str(bb_tarball))
     assert res.returncode == 0, res.stderr
-    res = run([str(HATCH), "image", "import", "fromdir:v2", str(bb_rootfs)], env=hatch.env)
+    out = [line.split() for line in res.stdout.strip().splitlines()]
+    assert out[0] == ["NODE", "IMAGE", "ID"] and out[1][0] == node and out[1][1].startswith("sha256:"), res.stdout
+    res = hatch_cli(hatch, "image", "import", "--node", node, "fromdir:v2", str(bb_rootfs))
     assert res.returncode == 0, res.stderr
-    listing = run([str(HATCH), "image", "ls"], env=hatch.env, check=True).stdout
-    assert "fromtar" in listing and "fromdir" in listing and "v2" in listing
-    assert hatch.docker("run", "--rm", "fromdir:v2", "cat", "/etc/passwd", check=True).stdout.startswith("root:")
-    res = run([str(HATCH), "image", "import", "broken", "/nonexistent/path"], env=hatch.env)
-    assert res.returncode != 0 and "/nonexistent/path" in res.stderr
+
+    listing = hatch_cli(hatch, "image", "ls", check=True).stdout
+    rows = [line.split() for line in listing.strip().splitlines()]
+    assert rows[0] == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE", "NODE"]
+    assert any(r[:2] == ["fromtar", "latest"] and r[-1] == node for r in rows[1:]), listing
+    assert any(r[:2] == ["fromdir", "v2"] and r[-1] == node for r in rows[1:]), listing
+    images = json.loads(hatch_cli(hatch, "image", "ls", "--node", node, "-o", "json", check=True).stdout)
+    fromdir = next(i for i in images if "fromdir:v2" in i["repoTags"])
+    assert fromdir["node"] == node and fromdir["id"].startswith("sha256:") and fromdir["size"] > 1_000_000
+    assert isinstance(fromdir["created"], int)
+
+    # A pod from the imported image, and an exec into it, all through the server.
+    res = hatch_cli(hatch, "run", "--name", "from-imported", "fromdir:v2", "--", "sleep", "1d")
+    assert res.returncode == 0, res.stderr
+    try:
+        res = hatch_cli(hatch, "exec", "from-imported", "--", "head", "-n1", "/etc/passwd")
+        assert (res.returncode, res.stdout) == (0, "root:x:0:0:root:/root:/bin/sh\n"), res.stderr
+    finally:
+        hatch_cli(hatch, "rm", "-f", "from-imported")
+    deadline = time.time() + 30
+    while hatch.docker("ps", "-aq", "--filter", "ancestor=fromdir:v2").stdout.strip() and time.time() < deadline:
+        time.sleep(0.2)
     hatch.docker("rmi", "fromtar", "fromdir:v2", check=True)
+
+
+def test_hatch_image_errors_are_one_clear_line(hatch, bb_tarball, tmp_path):
+    wait_for_kubeconfig(hatch)
+    line = one_line_error(hatch_cli(hatch, "image", "import", "broken", "/nonexistent/path"))
+    assert "/nonexistent/path" in line
+    line = one_line_error(hatch_cli(hatch, "image", "import", "--node", "nope", "x", str(bb_tarball)))
+    assert 'node "nope" not found' in line and "hatch get nodes" in line
+    line = one_line_error(hatch_cli(hatch, "image", "ls", "--node", "nope"))
+    assert 'node "nope" not found' in line
+
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(os.urandom(64 * 1024))
+    line = one_line_error(hatch_cli(hatch, "image", "import", "garbage", str(garbage)))
+    assert "400" in line, line
+    escaping = tmp_path / "escaping.tar"
+    escaping.write_bytes(tarball(ESCAPES["dotdot"]))
+    line = one_line_error(hatch_cli(hatch, "image", "import", "evil-via-server", str(escaping)))
+    assert ("refusing" in line or "unsafe" in line) and "400" in line, line
+    assert not Path("/escaped-dotdot").exists()
+    assert "evil" not in hatch.docker("images", check=True).stdout
+    assert os.listdir(hatch.data_dir / "images" / "tmp") == []
+
+    # nodes/proxy is admin only: a view token may neither import nor list.
+    res = hatch_cli(hatch, "token", "create", "--role", "view", "--name", "image-viewer", check=True)
+    kubeconfig = tmp_path / "view.kubeconfig"
+    original = (hatch.data_dir / "kubeconfig").read_text()
+    kubeconfig.write_text(re.sub(r"token: .*", f"token: {res.stdout.strip()}", original))
+    env = dict(hatch.env, KUBECONFIG=str(kubeconfig))
+    line = one_line_error(hatch_cli(hatch, "image", "import", "viewer-image", str(bb_tarball), env=env))
+    assert "forbidden (403)" in line and "nodes/proxy" in line, line
+    line = one_line_error(hatch_cli(hatch, "image", "ls", env=env))
+    assert "forbidden (403)" in line, line
+    # The upload itself, as any client would send it.
+    token = res.stdout.strip()
+    server = re.search(r"server: https://([^:]+):(\d+)", original)
+    context = ssl.create_default_context(cafile=str(hatch.data_dir / "pki" / "ca.crt"))
+    conn = http.client.HTTPSConnection(server.group(1), int(server.group(2)), context=context, timeout=10)
+    try:
+        conn.request("POST", f"/api/v1/nodes/{node_name(hatch)}/proxy/images?name=viewer-image", body=b"x" * 1024,
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-tar"})
+        answer = conn.getresponse()
+        status = json.loads(answer.read())
+    finally:
+        conn.close()
+    assert answer.status == 403 and status["reason"] == "Forbidden", status
+    assert 'cannot create resource "nodes/proxy"' in status["message"], status
+    # Paths under proxy/ other than images are not served.
+    conn = http.client.HTTPSConnection(server.group(1), int(server.group(2)), context=context, timeout=10)
+    admin = re.search(r"token: (.*)", original).group(1).strip()
+    try:
+        conn.request("GET", f"/api/v1/nodes/{node_name(hatch)}/proxy/exec/default/x/y",
+                     headers={"Authorization": f"Bearer {admin}"})
+        answer = conn.getresponse()
+        answer.read()
+    finally:
+        conn.close()
+    assert answer.status == 404
+    assert "viewer-image" not in hatch.docker("images", check=True).stdout
 
 
 def dockerd_available():

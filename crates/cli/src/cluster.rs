@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
@@ -63,6 +64,9 @@ pub fn status_message(body: &[u8]) -> String {
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
 }
+
+/// A request body that may stream (an image upload).
+pub type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 pub struct Cluster {
     pub config: ClusterConfig,
@@ -148,6 +152,21 @@ impl Cluster {
         body: Option<Vec<u8>>,
         accept: &str,
     ) -> Result<Bytes, ClusterError> {
+        let content_type = body.is_some().then_some("application/json");
+        let body = Full::new(Bytes::from(body.unwrap_or_default())).map_err(|never| match never {}).boxed_unsync();
+        self.send(method, path, body, content_type, accept).await
+    }
+
+    /// One request with a body that may stream; returns the body of a 2xx answer, or an `Api`
+    /// error with the Status message. An upload the server answers early (a refusal) ends there.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+        content_type: Option<&str>,
+        accept: &str,
+    ) -> Result<Bytes, ClusterError> {
         let stream = self.connect().await?;
         let failed =
             |e: hyper::Error| ClusterError::Connection { server: self.config.server.clone(), reason: e.to_string() };
@@ -164,11 +183,11 @@ impl Cluster {
         if let Some(auth) = self.bearer() {
             req = req.header(http::header::AUTHORIZATION, auth);
         }
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(content_type) = content_type {
+            req = req.header(http::header::CONTENT_TYPE, content_type);
         }
         let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(body)
             .map_err(|e| ClusterError::Connection { server: self.config.server.clone(), reason: e.to_string() })?;
         let resp = sender.send_request(req).await.map_err(failed)?;
         let status = resp.status();

@@ -42,7 +42,7 @@ enum Command {
     /// List pods or nodes, as `kubectl get` does.
     #[command(subcommand)]
     Get(cluster_verbs::GetCommand),
-    /// Import and list images on the node.
+    /// Import and list images on the cluster's nodes, through the API server.
     #[command(subcommand)]
     Image(image::ImageCommand),
 }
