@@ -537,6 +537,12 @@ def test_idle_sessions_survive_three_minutes_while_a_dead_node_fails_fast(admin,
         silent_since = time.time()
         header, rows = table_rows(admin("get", "nodes", check=True).stdout)
         assert next(r for r in rows if r[0] == "ghost")[1] == "Ready"
+        # Ready but unreachable: the node proxy says so, at once, in one line.
+        started = time.time()
+        res = run([str(HATCH), "image", "ls", "--node", "ghost"], env=kube.env, timeout=30)
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert 'error dialing node "ghost"' in res.stderr and "503" in res.stderr, res.stderr
+        assert time.time() - started < 10
 
         wait_for("ghost NotReady", lambda: "NotReady" in admin("get", "node", "ghost").stdout, timeout=60, interval=1)
         assert time.time() - silent_since >= 39
@@ -547,6 +553,13 @@ def test_idle_sessions_survive_three_minutes_while_a_dead_node_fails_fast(admin,
             assert res.returncode != 0
             assert 'node "ghost" of pod "ghost-pod" is not ready' in res.stderr, res.stderr
             assert time.time() - started < 5, version
+        # Images: the NotReady node is refused at once; without --node, only Ready nodes are asked.
+        started = time.time()
+        res = run([str(HATCH), "image", "ls", "--node", "ghost"], env=kube.env, timeout=30)
+        assert res.returncode == 1 and 'node "ghost" is not ready' in res.stderr and "503" in res.stderr, res.stderr
+        assert time.time() - started < 5
+        res = run([str(HATCH), "image", "ls"], env=kube.env, timeout=30)
+        assert res.returncode == 0 and "ghost" not in res.stdout and "bb" in res.stdout, res.stderr
         # Its pods can still be deleted, at once.
         admin("run", "orphan", "--image=bb", f"--overrides={json.dumps({'spec': {'nodeName': 'ghost'}})}", check=True)
         started = time.time()
@@ -626,8 +639,12 @@ def test_a_joined_node_runs_pods_and_execs_over_mutual_tls(admin, kube, bb_tarba
         wait_for("worker ready", lambda: "Ready" in admin("get", "node", "worker").stdout.replace("NotReady", ""),
                  timeout=30)
         wait_for("worker docker socket", lambda: worker.socket.exists(), timeout=10)
-        with open(bb_tarball, "rb") as f:
-            worker.docker("import", "-", "bb", input=f.read(), text=False, timeout=60, check=True)
+        # The image goes to the worker through the server's node proxy, over mutual TLS.
+        res = run([str(HATCH), "image", "import", "--node", "worker", "bb", str(bb_tarball)], env=kube.env, timeout=60)
+        assert res.returncode == 0 and res.stdout.split()[3] == "worker", (res.stdout, res.stderr, worker.log())
+        images = json.loads(run([str(HATCH), "image", "ls", "-o", "json"], env=kube.env, check=True).stdout)
+        assert {i["node"] for i in images if "bb:latest" in i["repoTags"]} >= {"worker"}, images
+        assert len({i["node"] for i in images}) == 2, images
         overrides = json.dumps({"spec": {"nodeName": "worker"}})
         admin("run", "far", "--image=bb", f"--overrides={overrides}", "--", "sleep", "1d", check=True)
         admin("wait", "--for=condition=Ready", "pod/far", "--timeout=60s", check=True, timeout=90)
