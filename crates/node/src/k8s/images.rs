@@ -55,19 +55,28 @@ fn json_response(images: &[Image]) -> Response<Body> {
 /// Longest error message sent back: a garbage tarball's message quotes its bytes.
 const MAX_MESSAGE_CHARS: usize = 300;
 
-/// One printable line: control characters escaped, long messages cut.
+/// One printable ASCII line: anything else escaped (a garbage tarball's bytes end up in the
+/// message), cut at [`MAX_MESSAGE_CHARS`].
 fn printable(message: &str) -> String {
+    // Lossily decoded bytes: the rest is the archive's garbage, not words.
+    let (message, binary) = match message.find(char::REPLACEMENT_CHARACTER) {
+        Some(at) => (&message[..at], true),
+        None => (message, false),
+    };
     let mut out = String::new();
-    for (i, c) in message.chars().enumerate() {
-        if i == MAX_MESSAGE_CHARS {
-            out.push('…');
+    for c in message.chars() {
+        if out.len() >= MAX_MESSAGE_CHARS {
+            out.push_str("...");
             break;
         }
-        if c.is_control() || c == char::REPLACEMENT_CHARACTER {
-            out.extend(c.escape_debug());
-        } else {
+        if c.is_ascii() && !c.is_ascii_control() {
             out.push(c);
+        } else {
+            out.extend(c.escape_unicode());
         }
+    }
+    if binary {
+        out.push_str("<binary data>");
     }
     out
 }
@@ -152,7 +161,8 @@ mod tests {
 
     #[test]
     fn messages_stay_on_one_printable_line() {
-        assert_eq!(printable("bad\nentry \u{7}x"), "bad\\nentry \\u{7}x");
-        assert_eq!(printable(&"a".repeat(1000)).chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert_eq!(printable("bad\nentry \u{7}é"), "bad\\u{a}entry \\u{7}\\u{e9}");
+        assert_eq!(printable(&"a".repeat(1000)).len(), MAX_MESSAGE_CHARS + 3);
+        assert_eq!(printable("not utf-8 text: \u{fffd}x\u{fffd} when"), "not utf-8 text: <binary data>");
     }
 }
