@@ -190,9 +190,10 @@ def test_hatch_image_errors_are_one_clear_line(hatch, bb_tarball, tmp_path):
     assert 'node "nope" not found' in line
 
     garbage = tmp_path / "garbage.tar"
-    garbage.write_bytes(os.urandom(64 * 1024))
+    # Large enough to be still uploading when the node refuses it: the refusal must arrive.
+    garbage.write_bytes(os.urandom(48 * 1024 * 1024))
     line = one_line_error(hatch_cli(hatch, "image", "import", "garbage", str(garbage)))
-    assert "400" in line, line
+    assert "400" in line and "<binary data>" in line, line
     escaping = tmp_path / "escaping.tar"
     escaping.write_bytes(tarball(ESCAPES["dotdot"]))
     line = one_line_error(hatch_cli(hatch, "image", "import", "evil-via-server", str(escaping)))

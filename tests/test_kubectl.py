@@ -645,6 +645,11 @@ def test_a_joined_node_runs_pods_and_execs_over_mutual_tls(admin, kube, bb_tarba
         images = json.loads(run([str(HATCH), "image", "ls", "-o", "json"], env=kube.env, check=True).stdout)
         assert {i["node"] for i in images if "bb:latest" in i["repoTags"]} >= {"worker"}, images
         assert len({i["node"] for i in images}) == 2, images
+        garbage = tmp_path / "garbage.tar"
+        garbage.write_bytes(os.urandom(16 * 1024 * 1024))
+        res = run([str(HATCH), "image", "import", "--node", "worker", "junk", str(garbage)], env=kube.env, timeout=60)
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert 'node "worker": not an importable root-filesystem tarball' in res.stderr and "400" in res.stderr
         overrides = json.dumps({"spec": {"nodeName": "worker"}})
         admin("run", "far", "--image=bb", f"--overrides={overrides}", "--", "sleep", "1d", check=True)
         admin("wait", "--for=condition=Ready", "pod/far", "--timeout=60s", check=True, timeout=90)

@@ -8,10 +8,12 @@
 //!   what `docker import` takes → a JSON array holding the image added.
 //!
 //! The body streams into the image store (never held in memory; the store caps what one import
-//! may unpack). Errors are `metav1.Status`: 400 for a tarball the store refuses (`../`, absolute
+//! may unpack). The rest of a refused upload is read and dropped (bounded) before the answer. Errors are `metav1.Status`: 400 for a tarball the store refuses (`../`, absolute
 //! paths, links out, device nodes, garbage), 500 for the store's own failures.
 
+use std::io::Read;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use http::{Method, Request, Response, header};
@@ -101,6 +103,24 @@ fn import_name(query: Option<&str>) -> Result<String, Refusal> {
         .ok_or_else(|| Status::bad_request("the image name is required: POST /images?name=NAME[:TAG]").into())
 }
 
+/// At most this much of a refused upload is read and dropped, and for at most this long.
+const DRAIN_BYTES: u64 = 1 << 30;
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+/// Reads what is left of a refused upload (bounded), so the client, still sending, gets the
+/// refusal: a connection closed with unread data is reset, and the reset loses the answer.
+fn drain(reader: &mut impl Read) {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut drained = 0u64;
+    while drained < DRAIN_BYTES && started.elapsed() < DRAIN_TIME {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n as u64,
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, hatch_image::Error> + Send + 'static,
 ) -> Result<T, Refusal> {
@@ -135,12 +155,16 @@ async fn import(store: &Arc<ImageStore>, req: Request<Incoming>) -> Result<Vec<I
         .try_filter_map(|frame| std::future::ready(Ok(frame.into_data().ok())))
         .map_err(std::io::Error::other)
         .boxed();
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let store = store.clone();
     let reference = name.clone();
     let image = blocking(move || {
         let options = ImportOptions { reference: Some(&reference), changes: &[], message: None };
-        store.import_tar_with(reader, &options)
+        let imported = store.import_tar_with(&mut reader, &options);
+        if imported.is_err() {
+            drain(&mut reader);
+        }
+        imported
     })
     .await?;
     tracing::info!(name = %name, id = %image.id, size = image.size, "image imported");
