@@ -8,8 +8,9 @@
 //!   what `docker import` takes → a JSON array holding the image added.
 //!
 //! The body streams into the image store (never held in memory; the store caps what one import
-//! may unpack). The rest of a refused upload is read and dropped (bounded) before the answer. Errors are `metav1.Status`: 400 for a tarball the store refuses (`../`, absolute
-//! paths, links out, device nodes, garbage), 500 for the store's own failures.
+//! may unpack). The rest of a refused upload is read and dropped (bounded) before the answer.
+//! Errors are `metav1.Status`: 400 for a tarball the store refuses (`../`, absolute paths, links
+//! out, device nodes, garbage), 500 for the store's own failures.
 
 use std::io::Read;
 use std::sync::Arc;
