@@ -46,6 +46,28 @@ def test_exec_stdin_is_binary_safe_and_eof_reaches_the_process(hatch, pod):
     assert res.stdout == data[:4_000_000]
 
 
+def test_a_reader_that_goes_away_ends_the_exec_quietly(hatch, pod):
+    """`hatch exec p -- cat big | head -c 10`: 141 like a program killed by SIGPIPE, nothing on
+    stderr, and the remote process is hung up rather than left writing."""
+    client = subprocess.Popen(
+        [str(HATCH), "exec", pod, "--", "sh", "-c", "echo $$ > /tmp/reader-gone.pid; exec cat /dev/zero"],
+        env=hatch.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert client.stdout.read(10) == b"\0" * 10
+    client.stdout.close()
+    assert client.wait(timeout=30) == 141
+    assert client.stderr.read() == b""
+    client.stderr.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        alive = hatch_cli(hatch, "exec", pod, "--", "sh", "-c", "kill -0 $(cat /tmp/reader-gone.pid) 2>/dev/null && echo alive")
+        if alive.stdout.strip() != "alive":
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the remote cat kept running after its reader went away")
+
+
 def test_hatch_extensions_user_env_workdir_privileged_detach(hatch, pod):
     res = hatch_cli(hatch, "exec", "-u", "alice", "-e", "A=1", "-e", "B=two", "-w", "/tmp", pod, "--", "sh", "-c", 'id -un; echo "$A $B"; pwd')
     assert res.stdout == "alice\n1 two\n/tmp\n", res.stderr

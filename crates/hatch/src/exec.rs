@@ -4,7 +4,7 @@
 use clap::Args;
 
 use hatch_cli::cluster::Cluster;
-use hatch_cli::exec::ExecRequest;
+use hatch_cli::exec::{ExecError, ExecRequest};
 
 #[derive(Args)]
 #[command(trailing_var_arg = true)]
@@ -65,9 +65,16 @@ pub async fn run(args: ExecArgs) -> i32 {
     .await;
     match result {
         Ok(code) => code,
+        Err(e) if reader_went_away(&e) => 141,
         Err(e) => {
             eprintln!("error: {e}");
             1
         }
     }
+}
+
+/// Whoever read our stdout closed it (`hatch exec p -- cat big | head`): not an error to report.
+/// Quiet, with the status a shell gives a program killed by SIGPIPE (128 + 13), as `cat` would.
+fn reader_went_away(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<ExecError>(), Some(ExecError::Terminal(io)) if io.kind() == std::io::ErrorKind::BrokenPipe)
 }
