@@ -198,7 +198,7 @@ fn write_fd(fd: std::os::fd::BorrowedFd<'_>, mut data: &[u8]) -> std::io::Result
 }
 
 async fn session(
-    ws: tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<crate::cluster::ServerStream>,
     req: &ExecRequest,
 ) -> Result<i32, ExecError> {
     let proto = Subprotocol::V5;
