@@ -189,15 +189,18 @@ pub async fn import(
             .send(Method::POST, &images_path(node, Some(name)), body, Some("application/x-tar"), "application/json")
             .await
             .map_err(on_node(node))?;
-        let images: Vec<NodeImage> =
-            serde_json::from_slice(&answer).map_err(|e| ImageError::Answer(format!("node {node:?}: {e}")))?;
-        let id = images
+        let id = node_images(node, &answer)?
             .first()
             .map(|i| i.id.clone())
             .ok_or_else(|| ImageError::Answer(format!("node {node:?}: no image")))?;
         imported.push((node.clone(), id));
     }
     Ok(imported)
+}
+
+/// A node's `/images` answer (the list, or the image an import added).
+fn node_images(node: &str, answer: &[u8]) -> Result<Vec<NodeImage>, ImageError> {
+    serde_json::from_slice(answer).map_err(|e| ImageError::Answer(format!("node {node:?}: {e}")))
 }
 
 /// Renders `import`'s result: one line per node.
@@ -214,9 +217,7 @@ pub async fn list(cluster: &Cluster, nodes: &[String]) -> Result<Vec<(String, No
             .request(Method::GET, &images_path(node, None), None, "application/json")
             .await
             .map_err(on_node(node))?;
-        let images: Vec<NodeImage> =
-            serde_json::from_slice(&answer).map_err(|e| ImageError::Answer(format!("node {node:?}: {e}")))?;
-        all.extend(images.into_iter().map(|i| (node.clone(), i)));
+        all.extend(node_images(node, &answer)?.into_iter().map(|i| (node.clone(), i)));
     }
     Ok(all)
 }
