@@ -95,6 +95,22 @@ fn column(name: &str, kind: &str, format: &str, description: &str, priority: u32
     json!({ "name": name, "type": kind, "format": format, "description": description, "priority": priority })
 }
 
+/// The Name column every table starts with, as the apiserver describes it.
+fn name_column() -> Value {
+    column("Name", "string", "name", "Name must be unique within a namespace.", 0)
+}
+
+/// The Age column (from metadata.creationTimestamp), as the apiserver describes it.
+fn age_column() -> Value {
+    column(
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    )
+}
+
 fn row_object(obj: &Value, include: IncludeObject, kind: &str) -> Option<Value> {
     match include {
         IncludeObject::None => None,
@@ -194,17 +210,11 @@ fn pod_row(pod: &Value, now: OffsetDateTime, include: IncludeObject) -> Value {
 pub fn pods_table(pods: &[Value], resource_version: &str, include: IncludeObject) -> Value {
     let now = OffsetDateTime::now_utc();
     let columns = vec![
-        column("Name", "string", "name", "Name must be unique within a namespace.", 0),
+        name_column(),
         column("Ready", "string", "", "The aggregate readiness state of this pod for accepting traffic.", 0),
         column("Status", "string", "", "The aggregate status of the containers in this pod.", 0),
         column("Restarts", "string", "", "The number of times the containers in this pod have been restarted.", 0),
-        column(
-            "Age",
-            "string",
-            "",
-            "CreationTimestamp is a timestamp representing the server time when this object was created.",
-            0,
-        ),
+        age_column(),
         column("IP", "string", "", "IP address allocated to the pod.", 1),
         column("Node", "string", "", "Name of the Node this pod is running on.", 1),
         column("Nominated Node", "string", "", "Name of the node nominated for this pod.", 1),
@@ -252,16 +262,10 @@ fn node_address(node: &Value, kind: &str) -> String {
 pub fn nodes_table(nodes: &[Value], resource_version: &str, include: IncludeObject) -> Value {
     let now = OffsetDateTime::now_utc();
     let columns = vec![
-        column("Name", "string", "name", "Name must be unique within a namespace.", 0),
+        name_column(),
         column("Status", "string", "", "The status of the node", 0),
         column("Roles", "string", "", "The roles of the node", 0),
-        column(
-            "Age",
-            "string",
-            "",
-            "CreationTimestamp is a timestamp representing the server time when this object was created.",
-            0,
-        ),
+        age_column(),
         column("Version", "string", "", "Kubelet Version reported by the node.", 0),
         column("Internal-IP", "string", "", "List of internal IPs.", 1),
         column("External-IP", "string", "", "List of external IPs.", 1),
@@ -295,17 +299,7 @@ pub fn nodes_table(nodes: &[Value], resource_version: &str, include: IncludeObje
 
 pub fn namespaces_table(namespaces: &[Value], resource_version: &str, include: IncludeObject) -> Value {
     let now = OffsetDateTime::now_utc();
-    let columns = vec![
-        column("Name", "string", "name", "Name must be unique within a namespace.", 0),
-        column("Status", "string", "", "The status of the namespace", 0),
-        column(
-            "Age",
-            "string",
-            "",
-            "CreationTimestamp is a timestamp representing the server time when this object was created.",
-            0,
-        ),
-    ];
+    let columns = vec![name_column(), column("Status", "string", "", "The status of the namespace", 0), age_column()];
     let rows = namespaces
         .iter()
         .map(|n| {
