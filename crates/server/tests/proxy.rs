@@ -51,9 +51,15 @@ async fn fixture() -> Fixture {
             .unwrap(),
     );
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let report = NodeStatusReport {
+    server.node_status("fake", fake_node_report(&backend)).await.unwrap();
+    Fixture { server, addr, backend, backend_tls, _dir: dir, _stop: stop.drop_guard() }
+}
+
+/// Node `fake` is Ready, serves exec on `listener`, and runs pod `default/p` (container `p`).
+fn fake_node_report(listener: &TcpListener) -> NodeStatusReport {
+    NodeStatusReport {
         ready: true,
-        streaming_address: backend.local_addr().unwrap().to_string(),
+        streaming_address: listener.local_addr().unwrap().to_string(),
         pods: vec![PodReport {
             namespace: "default".into(),
             name: "p".into(),
@@ -62,9 +68,7 @@ async fn fixture() -> Fixture {
             ..Default::default()
         }],
         ..Default::default()
-    };
-    server.node_status("fake", report).await.unwrap();
-    Fixture { server, addr, backend, backend_tls, _dir: dir, _stop: stop.drop_guard() }
+    }
 }
 
 /// Reads an HTTP head (through the blank line).
@@ -230,19 +234,7 @@ async fn an_unreachable_node_fails_fast_with_a_status() {
 /// it came on (`conn-<n>`, counted from 0), and closes connection `close_unused` once accepted.
 async fn serve_refusals(f: &Fixture, close_unused: usize) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let report = NodeStatusReport {
-        ready: true,
-        streaming_address: listener.local_addr().unwrap().to_string(),
-        pods: vec![PodReport {
-            namespace: "default".into(),
-            name: "p".into(),
-            mirror: true,
-            containers: vec![ContainerReport { name: "p".into(), state: "running".into(), ..Default::default() }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    f.server.node_status("fake", report).await.unwrap();
+    f.server.node_status("fake", fake_node_report(&listener)).await.unwrap();
     let tls = f.backend_tls.clone();
     tokio::spawn(async move {
         for n in 0.. {
